@@ -1,0 +1,9 @@
+"""refsim: a transparent NumPy/CuPy reference simulator for federated learning.
+
+Read ``README.md`` for the reading order. Subpackages: ``refsim.backend`` (array module and
+random streams), ``refsim.nn`` (the hand-written networks).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

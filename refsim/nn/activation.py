@@ -1,0 +1,50 @@
+"""The ReLU activation, forward and backward.
+
+ReLU(x) = max(x, 0) (Nair and Hinton, ICML 2010), used after every hidden layer of the
+FedAvg CNN and 2NN (McMahan et al., AISTATS 2017, arXiv:1602.05629, Sec. 3)::
+
+    y = max(x, 0),      dx = dy * [x > 0]
+
+At x == 0 the derivative is taken as 0, as in PyTorch and TensorFlow.
+``relu_forward_naive`` / ``relu_backward_naive`` are the element-loop oracles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refsim.backend import get_xp
+
+__all__ = ["relu_forward", "relu_backward", "relu_forward_naive", "relu_backward_naive"]
+
+
+def relu_forward(x):
+    """y = max(x, 0), any shape; the cache is the mask x > 0. Oracle :func:`relu_forward_naive`."""
+    xp = get_xp(x)
+    mask = x > 0  # same shape as x
+    return xp.where(mask, x, xp.zeros((), dtype=x.dtype)), mask
+
+
+def relu_backward(dy, mask):
+    """dx = dy * [x > 0]. Oracle :func:`relu_backward_naive`."""
+    xp = get_xp(dy)
+    return xp.where(mask, dy, xp.zeros((), dtype=dy.dtype))
+
+
+def relu_forward_naive(x):
+    """Element by element. Oracle for :func:`relu_forward`."""
+    y = np.zeros_like(x)
+    mask = np.zeros(x.shape, dtype=bool)
+    for idx in np.ndindex(x.shape):
+        if x[idx] > 0:
+            y[idx], mask[idx] = x[idx], True
+    return y, mask
+
+
+def relu_backward_naive(dy, mask):
+    """Element by element. Oracle for :func:`relu_backward`."""
+    dx = np.zeros_like(dy)
+    for idx in np.ndindex(dy.shape):
+        if mask[idx]:
+            dx[idx] = dy[idx]
+    return dx

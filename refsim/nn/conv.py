@@ -1,0 +1,213 @@
+"""2-D convolution (stride 1), forward and backward, the reference for refsim's CNNs.
+
+Implements the convolutional layer of the MNIST CNN of McMahan et al., "Communication-
+Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017
+(arXiv:1602.05629), Sec. 3, and of the Flower/PyTorch CIFAR-10 tutorial net. As in every
+deep-learning framework the "convolution" is a cross-correlation (no kernel flip)::
+
+    y[n, o, i, j] = b[o] + sum_{c, p, q} w[o, c, p, q] * x_pad[n, c, i + p, j + q]
+
+Backward, with dy = dL/dy::
+
+    db[o]          = sum_{n, i, j} dy[n, o, i, j]
+    dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, i + p, j + q]
+    dx_pad[n, c, i + p, j + q] += sum_o dy[n, o, i, j] * w[o, c, p, q]
+
+Dimensions: N batch, C input channels, O output channels, H x W input, K x K kernel,
+Ho x Wo output. Layout NCHW; kernels OIHW (O, C, K, K), as PyTorch.
+
+Padding: ``"valid"`` (none), an int P (P on every side) or ``"same"`` (output size equals
+input size at stride 1). For an even K, ``"same"`` pads (K-1)//2 before and K//2 after,
+the TensorFlow/Keras convention (PyTorch's ``padding='same'`` does the same).
+
+``conv2d_forward_naive`` / ``conv2d_backward_naive`` are the loop-level oracles; the
+vectorised ``conv2d_forward`` / ``conv2d_backward`` (im2col + one GEMM) are checked
+against them in ``tests/test_nn_conv.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from refsim.backend import get_xp
+
+__all__ = [
+    "conv_padding",
+    "conv_output_size",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_forward_naive",
+    "conv2d_backward_naive",
+]
+
+
+def conv_padding(kernel: int, padding: str | int) -> tuple[int, int]:
+    """(before, after) zero padding of one spatial axis for ``padding`` at stride 1.
+
+    >>> conv_padding(5, "same"), conv_padding(4, "same"), conv_padding(5, "valid"), conv_padding(5, 1)
+    ((2, 2), (1, 2), (0, 0), (1, 1))
+    """
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        return (kernel - 1) // 2, kernel // 2
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+        return int(padding), int(padding)
+    raise ValueError(f"padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
+
+
+def conv_output_size(size: int, kernel: int, padding: str | int) -> int:
+    """Output length of one spatial axis: size + before + after - K + 1."""
+    before, after = conv_padding(kernel, padding)
+    out = size + before + after - kernel + 1
+    if out < 1:
+        raise ValueError(f"a {kernel}x{kernel} kernel with padding {padding!r} does not fit "
+                         f"an input of size {size}")
+    return out
+
+
+class ConvCache(NamedTuple):
+    x_shape: tuple[int, int, int, int]  # (N, C, H, W)
+    cols: object  # (N, Ho, Wo, C*K*K) im2col matrix, or None for the naive version
+    x_pad: object  # (N, C, Hp, Wp) padded input (naive version only)
+    w: object  # (O, C, K, K)
+    pads: tuple[int, int]  # (before, after) on each spatial axis
+
+
+def _check_conv_args(x, w, b) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: x must have shape (N, C, H, W), got {x.shape}")
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"conv2d: w must have shape (O, C, K, K), got {w.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d: x has {x.shape[1]} channels but w expects {w.shape[1]}")
+    if b.shape != (w.shape[0],):
+        raise ValueError(f"conv2d: b must have shape ({w.shape[0]},), got {b.shape}")
+
+
+def _pad(x, pads: tuple[int, int]):
+    xp = get_xp(x)
+    before, after = pads
+    if before == after == 0:
+        return x
+    return xp.pad(x, ((0, 0), (0, 0), (before, after), (before, after)))  # (N, C, Hp, Wp)
+
+
+# ----------------------------------------------------------------------------------------
+# Loop-level oracle: read this first.
+
+
+def conv2d_forward_naive(x, w, b, padding: str | int = "valid"):
+    """Convolution by explicit loops over (n, o, i, j). Oracle for :func:`conv2d_forward`.
+
+    x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
+    Returns y : ndarray, shape (N, O, Ho, Wo), and the cache for the backward pass.
+    """
+    _check_conv_args(x, w, b)
+    N, C, H, W = x.shape
+    O, _, K, _ = w.shape
+    pads = conv_padding(K, padding)
+    Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
+    x_pad = _pad(x, pads)  # (N, C, Hp, Wp)
+    y = np.zeros((N, O, Ho, Wo), dtype=x.dtype)  # (N, O, Ho, Wo)
+    for n in range(N):
+        for o in range(O):
+            for i in range(Ho):
+                for j in range(Wo):
+                    window = x_pad[n, :, i:i + K, j:j + K]  # (C, K, K)
+                    y[n, o, i, j] = np.sum(window * w[o]) + b[o]
+    return y, ConvCache(x.shape, None, x_pad, w, pads)
+
+
+def conv2d_backward_naive(dy, cache: ConvCache):
+    """Gradients by explicit loops. Oracle for :func:`conv2d_backward`.
+
+    dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W), dw (O, C, K, K), db (O,).
+    """
+    x_pad, w, (before, _) = cache.x_pad, cache.w, cache.pads
+    N, C, H, W = cache.x_shape
+    _, O, Ho, Wo = dy.shape
+    K = w.shape[2]
+    dx_pad = np.zeros_like(x_pad)  # (N, C, Hp, Wp)
+    dw = np.zeros_like(w)  # (O, C, K, K)
+    db = np.zeros(O, dtype=dy.dtype)  # (O,)
+    for n in range(N):
+        for o in range(O):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dy[n, o, i, j]
+                    db[o] += g
+                    dw[o] += g * x_pad[n, :, i:i + K, j:j + K]
+                    dx_pad[n, :, i:i + K, j:j + K] += g * w[o]
+    dx = dx_pad[:, :, before:before + H, before:before + W]  # (N, C, H, W)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Vectorised version: im2col + GEMM.
+
+
+def _im2col(x_pad, K: int, Ho: int, Wo: int):
+    """cols[n, i, j, (c, p, q)] = x_pad[n, c, i + p, j + q]; shape (N, Ho, Wo, C*K*K)."""
+    xp = get_xp(x_pad)
+    N, C = x_pad.shape[:2]
+    cols = xp.empty((N, Ho, Wo, C, K, K), dtype=x_pad.dtype)  # (N, Ho, Wo, C, K, K)
+    for p in range(K):
+        for q in range(K):
+            # One kernel tap (p, q) for every output pixel: a shifted view of the input.
+            cols[..., p, q] = x_pad[:, :, p:p + Ho, q:q + Wo].transpose(0, 2, 3, 1)
+    return cols.reshape(N, Ho, Wo, C * K * K)
+
+
+def _col2im(dcols, x_pad_shape, K: int):
+    """Adjoint of :func:`_im2col`: scatter-add (N, Ho, Wo, C*K*K) back onto x_pad."""
+    xp = get_xp(dcols)
+    N, Ho, Wo, _ = dcols.shape
+    C = x_pad_shape[1]
+    dcols = dcols.reshape(N, Ho, Wo, C, K, K)
+    dx_pad = xp.zeros(x_pad_shape, dtype=dcols.dtype)  # (N, C, Hp, Wp)
+    for p in range(K):
+        for q in range(K):
+            dx_pad[:, :, p:p + Ho, q:q + Wo] += dcols[..., p, q].transpose(0, 3, 1, 2)
+    return dx_pad
+
+
+def conv2d_forward(x, w, b, padding: str | int = "valid"):
+    """Convolution as one matrix product: y = im2col(x_pad) @ w_mat^T + b.
+
+    Same contract as :func:`conv2d_forward_naive` (its oracle).
+    x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
+    Returns y : ndarray, shape (N, O, Ho, Wo), and the cache for :func:`conv2d_backward`.
+    """
+    _check_conv_args(x, w, b)
+    N, C, H, W = x.shape
+    O, _, K, _ = w.shape
+    pads = conv_padding(K, padding)
+    Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
+    cols = _im2col(_pad(x, pads), K, Ho, Wo)  # (N, Ho, Wo, C*K*K)
+    w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
+    y = cols.reshape(N * Ho * Wo, C * K * K) @ w_mat.T + b  # (N*Ho*Wo, O)
+    y = y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2)  # (N, O, Ho, Wo), a view
+    return y, ConvCache(x.shape, cols, None, w, pads)
+
+
+def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
+    """Gradients of :func:`conv2d_forward`; oracle :func:`conv2d_backward_naive`.
+
+    dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W) (None when ``need_dx`` is
+    False, e.g. for the first layer of a network), dw (O, C, K, K), db (O,).
+    """
+    cols, w, (before, after) = cache.cols, cache.w, cache.pads
+    N, C, H, W = cache.x_shape
+    _, O, Ho, Wo = dy.shape
+    K = w.shape[2]
+    dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, O)  # (N*Ho*Wo, O)
+    dw = (dy_mat.T @ cols.reshape(N * Ho * Wo, C * K * K)).reshape(w.shape)  # (O, C, K, K)
+    db = dy_mat.sum(axis=0)  # (O,)
+    if not need_dx:
+        return None, dw, db
+    dcols = (dy_mat @ w.reshape(O, C * K * K)).reshape(N, Ho, Wo, C * K * K)
+    dx_pad = _col2im(dcols, (N, C, H + before + after, W + before + after), K)
+    return dx_pad[:, :, before:before + H, before:before + W], dw, db  # (N, C, H, W)

@@ -1,0 +1,76 @@
+"""Fully connected (dense) layer, forward and backward.
+
+The dense layers of the FedAvg CNN and 2NN (McMahan et al., AISTATS 2017, arXiv:1602.05629,
+Sec. 3) and of multinomial logistic regression::
+
+    y[n, o] = b[o] + sum_i x[n, i] * w[i, o]          (y = x w + b)
+
+    dx = dy w^T,   dw = x^T dy,   db[o] = sum_n dy[n, o]
+
+Dimensions: N batch, I inputs, O outputs. refsim stores w as (I, O) (the Keras layout);
+PyTorch's ``nn.Linear.weight`` is its transpose (O, I): see ``refsim.nn.convert``.
+``linear_forward_naive`` / ``linear_backward_naive`` are the loop oracles.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["linear_forward", "linear_backward", "linear_forward_naive", "linear_backward_naive"]
+
+
+class LinearCache(NamedTuple):
+    x: object  # (N, I)
+    w: object  # (I, O)
+
+
+def _check_linear_args(x, w, b) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"linear: x must have shape (N, I), got {x.shape}")
+    if w.ndim != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"linear: w must have shape ({x.shape[1]}, O), got {w.shape}")
+    if b.shape != (w.shape[1],):
+        raise ValueError(f"linear: b must have shape ({w.shape[1]},), got {b.shape}")
+
+
+def linear_forward(x, w, b):
+    """y = x @ w + b. x : (N, I), w : (I, O), b : (O,) -> y : (N, O); oracle
+    :func:`linear_forward_naive`."""
+    _check_linear_args(x, w, b)
+    return x @ w + b, LinearCache(x, w)  # (N, O)
+
+
+def linear_backward(dy, cache: LinearCache, need_dx: bool = True):
+    """dy : (N, O) -> dx (N, I) (None unless ``need_dx``), dw (I, O), db (O,); oracle
+    :func:`linear_backward_naive`."""
+    dx = dy @ cache.w.T if need_dx else None  # (N, I)
+    return dx, cache.x.T @ dy, dy.sum(axis=0)  # (I, O), (O,)
+
+
+def linear_forward_naive(x, w, b):
+    """Loops over (n, o). Oracle for :func:`linear_forward`."""
+    _check_linear_args(x, w, b)
+    N, I = x.shape
+    O = w.shape[1]
+    y = np.empty((N, O), dtype=x.dtype)  # (N, O)
+    for n in range(N):
+        for o in range(O):
+            y[n, o] = b[o] + sum(x[n, i] * w[i, o] for i in range(I))
+    return y, LinearCache(x, w)
+
+
+def linear_backward_naive(dy, cache: LinearCache):
+    """Loops over every (n, i, o) term. Oracle for :func:`linear_backward`."""
+    x, w = cache.x, cache.w
+    N, I = x.shape
+    O = w.shape[1]
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros(O, dtype=dy.dtype)
+    for n in range(N):
+        for o in range(O):
+            db[o] += dy[n, o]
+            for i in range(I):
+                dx[n, i] += dy[n, o] * w[i, o]
+                dw[i, o] += dy[n, o] * x[n, i]
+    return dx, dw, db

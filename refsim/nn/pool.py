@@ -1,0 +1,134 @@
+"""2x2 max-pooling with stride 2, forward and backward.
+
+The pooling layer of the FedAvg MNIST CNN (McMahan et al., AISTATS 2017, arXiv:1602.05629,
+Sec. 3: "2x2 max pooling") and of the Flower/PyTorch CIFAR-10 tutorial net::
+
+    y[n, c, i, j] = max_{p, q in {0, 1}} x_pad[n, c, 2i + p, 2j + q]
+
+Backward: the whole of dy[n, c, i, j] goes to the *first* maximal element of its window in
+row-major order (p, q) = (0, 0), (0, 1), (1, 0), (1, 1): the tie rule of PyTorch's
+``max_pool2d``. Every other element of the window gets zero.
+
+Padding: ``"valid"`` drops a last odd row/column (Ho = floor(H / 2)); ``"same"`` pads a last
+odd row/column with -inf (Ho = ceil(H / 2)), the TensorFlow/Keras convention, so a padded
+element is never the maximum. Layout NCHW.
+
+``maxpool2d_forward_naive`` / ``maxpool2d_backward_naive`` are the loop oracles of the
+vectorised ``maxpool2d_forward`` / ``maxpool2d_backward`` (``tests/test_nn_pool.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from refsim.backend import get_xp
+
+__all__ = [
+    "pool_output_size",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "maxpool2d_forward_naive",
+    "maxpool2d_backward_naive",
+]
+
+
+def pool_output_size(size: int, padding: str) -> int:
+    """Output length of one axis: floor(size / 2) for 'valid', ceil(size / 2) for 'same'."""
+    if padding == "valid":
+        out = size // 2
+    elif padding == "same":
+        out = (size + 1) // 2
+    else:
+        raise ValueError(f"max-pool padding must be 'same' or 'valid', got {padding!r}")
+    if out < 1:
+        raise ValueError(f"2x2 max-pool with padding {padding!r} needs an input of size >= 2, "
+                         f"got {size}")
+    return out
+
+
+class PoolCache(NamedTuple):
+    x_shape: tuple[int, int, int, int]  # (N, C, H, W)
+    argmax: object  # (N, C, Ho, Wo) index 0..3 of the winner in its window, row-major
+
+
+def _windows(x, padding: str):
+    """x cropped or -inf padded to (N, C, 2Ho, 2Wo), viewed as (N, C, Ho, Wo, 4)."""
+    xp = get_xp(x)
+    if x.ndim != 4:
+        raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
+    N, C, H, W = x.shape
+    Ho, Wo = pool_output_size(H, padding), pool_output_size(W, padding)
+    if 2 * Ho > H or 2 * Wo > W:  # 'same' with an odd size: pad with -inf
+        x = xp.pad(x, ((0, 0), (0, 0), (0, 2 * Ho - H), (0, 2 * Wo - W)),
+                   constant_values=-xp.inf)
+    x = x[:, :, :2 * Ho, :2 * Wo]  # (N, C, 2Ho, 2Wo)
+    win = x.reshape(N, C, Ho, 2, Wo, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, Wo, 2, 2)
+    return win.reshape(N, C, Ho, Wo, 4)  # (N, C, Ho, Wo, 4)
+
+
+def maxpool2d_forward(x, padding: str = "valid"):
+    """Vectorised 2x2/2 max-pool; oracle :func:`maxpool2d_forward_naive`.
+
+    x : ndarray, shape (N, C, H, W). Returns y (N, C, Ho, Wo) and the cache.
+    """
+    win = _windows(x, padding)  # (N, C, Ho, Wo, 4)
+    argmax = win.argmax(axis=-1)  # (N, C, Ho, Wo), first maximum wins
+    y = win.max(axis=-1)  # (N, C, Ho, Wo)
+    return y, PoolCache(x.shape, argmax.astype(np.int8))
+
+
+def maxpool2d_backward(dy, cache: PoolCache):
+    """Route each dy to its window's first maximum; oracle :func:`maxpool2d_backward_naive`.
+
+    dy : ndarray, shape (N, C, Ho, Wo). Returns dx : ndarray, shape (N, C, H, W).
+    """
+    xp = get_xp(dy)
+    N, C, H, W = cache.x_shape
+    _, _, Ho, Wo = dy.shape
+    onehot = cache.argmax[..., None] == xp.arange(4, dtype=np.int8)  # (N, C, Ho, Wo, 4)
+    dwin = onehot * dy[..., None]  # (N, C, Ho, Wo, 4)
+    dwin = dwin.reshape(N, C, Ho, Wo, 2, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, 2, Wo, 2)
+    dx_crop = dwin.reshape(N, C, 2 * Ho, 2 * Wo)  # (N, C, 2Ho, 2Wo)
+    if (2 * Ho, 2 * Wo) == (H, W):
+        return dx_crop
+    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
+    h, w = min(H, 2 * Ho), min(W, 2 * Wo)
+    dx[:, :, :h, :w] = dx_crop[:, :, :h, :w]  # drops the -inf padding, zero for a dropped edge
+    return dx
+
+
+def maxpool2d_forward_naive(x, padding: str = "valid"):
+    """Max-pool by explicit loops over windows. Oracle for :func:`maxpool2d_forward`."""
+    if x.ndim != 4:
+        raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
+    N, C, H, W = x.shape
+    Ho, Wo = pool_output_size(H, padding), pool_output_size(W, padding)
+    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)  # (N, C, Ho, Wo)
+    argmax = np.empty((N, C, Ho, Wo), dtype=np.int8)  # (N, C, Ho, Wo)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    best, best_k = -np.inf, 0
+                    for k, (p, q) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+                        r, s = 2 * i + p, 2 * j + q
+                        if r < H and s < W and x[n, c, r, s] > best:  # strict: first max wins
+                            best, best_k = x[n, c, r, s], k
+                    y[n, c, i, j], argmax[n, c, i, j] = best, best_k
+    return y, PoolCache(x.shape, argmax)
+
+
+def maxpool2d_backward_naive(dy, cache: PoolCache):
+    """Gradient by explicit loops. Oracle for :func:`maxpool2d_backward`."""
+    N, C, H, W = cache.x_shape
+    dx = np.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
+    _, _, Ho, Wo = dy.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    k = cache.argmax[n, c, i, j]
+                    dx[n, c, 2 * i + k // 2, 2 * j + k % 2] += dy[n, c, i, j]
+    return dx
