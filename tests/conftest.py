@@ -1,6 +1,5 @@
-"""Shared fixtures: the array module under test and the tolerance rule."""
+"""Shared fixtures: the array module under test (tolerances live in tests/checks.py)."""
 
-import numpy as np
 import pytest
 
 from refsim.backend import available_backends, get_xp
@@ -13,9 +12,3 @@ def xp(request):
         pytest.skip("CuPy with a CUDA device is not available")
     return get_xp(request.param)
 
-
-def tolerance(dtype) -> dict:
-    """The one rule for float comparisons: |a - b| <= atol + rtol * |b|, by dtype."""
-    if np.dtype(dtype) == np.float64:
-        return {"rtol": 1e-10, "atol": 1e-12}
-    return {"rtol": 1e-4, "atol": 1e-6}

@@ -70,7 +70,7 @@ def conv_output_size(size: int, kernel: int, padding: str | int) -> int:
 
 class ConvCache(NamedTuple):
     x_shape: tuple[int, int, int, int]  # (N, C, H, W)
-    cols: object  # (N, Ho, Wo, C*K*K) im2col matrix, or None for the naive version
+    cols: object  # (C*K*K, N*Ho*Wo) im2col matrix, or None for the naive version
     x_pad: object  # (N, C, Hp, Wp) padded input (naive version only)
     w: object  # (O, C, K, K)
     pads: tuple[int, int]  # (before, after) on each spatial axis
@@ -146,36 +146,37 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 
 
 # ----------------------------------------------------------------------------------------
-# Vectorised version: im2col + GEMM.
+# Vectorised version: im2col + one GEMM. The im2col matrix is laid out (C, K, K, N, Ho, Wo)
+# so that copying one kernel tap (c, p, q) for every output pixel is a copy of contiguous
+# rows of Wo: it keeps the copies cheap and lets y come out of the GEMM as (O, N, Ho, Wo).
 
 
 def _im2col(x_pad, K: int, Ho: int, Wo: int):
-    """cols[n, i, j, (c, p, q)] = x_pad[n, c, i + p, j + q]; shape (N, Ho, Wo, C*K*K)."""
+    """cols[(c, p, q), (n, i, j)] = x_pad[n, c, i + p, j + q]; shape (C*K*K, N*Ho*Wo)."""
     xp = get_xp(x_pad)
     N, C = x_pad.shape[:2]
-    cols = xp.empty((N, Ho, Wo, C, K, K), dtype=x_pad.dtype)  # (N, Ho, Wo, C, K, K)
+    x_cn = x_pad.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
+    cols = xp.empty((C, K, K, N, Ho, Wo), dtype=x_pad.dtype)  # (C, K, K, N, Ho, Wo)
     for p in range(K):
         for q in range(K):
-            # One kernel tap (p, q) for every output pixel: a shifted view of the input.
-            cols[..., p, q] = x_pad[:, :, p:p + Ho, q:q + Wo].transpose(0, 2, 3, 1)
-    return cols.reshape(N, Ho, Wo, C * K * K)
+            cols[:, p, q] = x_cn[:, :, p:p + Ho, q:q + Wo]  # tap (p, q): a shifted window
+    return cols.reshape(C * K * K, N * Ho * Wo)
 
 
-def _col2im(dcols, x_pad_shape, K: int):
-    """Adjoint of :func:`_im2col`: scatter-add (N, Ho, Wo, C*K*K) back onto x_pad."""
+def _col2im(dcols, x_pad_shape, K: int, Ho: int, Wo: int):
+    """Adjoint of :func:`_im2col`: scatter-add (C*K*K, N*Ho*Wo) onto (N, C, Hp, Wp)."""
     xp = get_xp(dcols)
-    N, Ho, Wo, _ = dcols.shape
-    C = x_pad_shape[1]
-    dcols = dcols.reshape(N, Ho, Wo, C, K, K)
-    dx_pad = xp.zeros(x_pad_shape, dtype=dcols.dtype)  # (N, C, Hp, Wp)
+    N, C, Hp, Wp = x_pad_shape
+    dcols = dcols.reshape(C, K, K, N, Ho, Wo)
+    dx_cn = xp.zeros((C, N, Hp, Wp), dtype=dcols.dtype)  # (C, N, Hp, Wp)
     for p in range(K):
         for q in range(K):
-            dx_pad[:, :, p:p + Ho, q:q + Wo] += dcols[..., p, q].transpose(0, 3, 1, 2)
-    return dx_pad
+            dx_cn[:, :, p:p + Ho, q:q + Wo] += dcols[:, p, q]
+    return dx_cn.transpose(1, 0, 2, 3)  # (N, C, Hp, Wp), a view
 
 
 def conv2d_forward(x, w, b, padding: str | int = "valid"):
-    """Convolution as one matrix product: y = im2col(x_pad) @ w_mat^T + b.
+    """Convolution as one matrix product: y = w_mat @ im2col(x_pad) + b.
 
     Same contract as :func:`conv2d_forward_naive` (its oracle).
     x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
@@ -186,10 +187,10 @@ def conv2d_forward(x, w, b, padding: str | int = "valid"):
     O, _, K, _ = w.shape
     pads = conv_padding(K, padding)
     Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
-    cols = _im2col(_pad(x, pads), K, Ho, Wo)  # (N, Ho, Wo, C*K*K)
-    w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
-    y = cols.reshape(N * Ho * Wo, C * K * K) @ w_mat.T + b  # (N*Ho*Wo, O)
-    y = y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2)  # (N, O, Ho, Wo), a view
+    cols = _im2col(_pad(x, pads), K, Ho, Wo)  # (C*K*K, N*Ho*Wo)
+    y = w.reshape(O, C * K * K) @ cols  # (O, N*Ho*Wo)
+    y += b[:, None]
+    y = y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, O, Ho, Wo), a view
     return y, ConvCache(x.shape, cols, None, w, pads)
 
 
@@ -199,15 +200,16 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W) (None when ``need_dx`` is
     False, e.g. for the first layer of a network), dw (O, C, K, K), db (O,).
     """
+    xp = get_xp(dy)
     cols, w, (before, after) = cache.cols, cache.w, cache.pads
     N, C, H, W = cache.x_shape
     _, O, Ho, Wo = dy.shape
     K = w.shape[2]
-    dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, O)  # (N*Ho*Wo, O)
-    dw = (dy_mat.T @ cols.reshape(N * Ho * Wo, C * K * K)).reshape(w.shape)  # (O, C, K, K)
-    db = dy_mat.sum(axis=0)  # (O,)
+    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(O, N * Ho * Wo)
+    dw = (dy_mat @ cols.T).reshape(w.shape)  # (O, C, K, K)
+    db = dy_mat.sum(axis=1)  # (O,)
     if not need_dx:
         return None, dw, db
-    dcols = (dy_mat @ w.reshape(O, C * K * K)).reshape(N, Ho, Wo, C * K * K)
-    dx_pad = _col2im(dcols, (N, C, H + before + after, W + before + after), K)
+    dcols = w.reshape(O, C * K * K).T @ dy_mat  # (C*K*K, N*Ho*Wo)
+    dx_pad = _col2im(dcols, (N, C, H + before + after, W + before + after), K, Ho, Wo)
     return dx_pad[:, :, before:before + H, before:before + W], dw, db  # (N, C, H, W)

@@ -53,8 +53,11 @@ class PoolCache(NamedTuple):
     argmax: object  # (N, C, Ho, Wo) index 0..3 of the winner in its window, row-major
 
 
-def _windows(x, padding: str):
-    """x cropped or -inf padded to (N, C, 2Ho, 2Wo), viewed as (N, C, Ho, Wo, 4)."""
+_TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))  # window positions (p, q) in row-major order
+
+
+def _padded(x, padding: str):
+    """x cropped ('valid') or -inf padded ('same') to (N, C, 2Ho, 2Wo)."""
     xp = get_xp(x)
     if x.ndim != 4:
         raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
@@ -63,20 +66,25 @@ def _windows(x, padding: str):
     if 2 * Ho > H or 2 * Wo > W:  # 'same' with an odd size: pad with -inf
         x = xp.pad(x, ((0, 0), (0, 0), (0, 2 * Ho - H), (0, 2 * Wo - W)),
                    constant_values=-xp.inf)
-    x = x[:, :, :2 * Ho, :2 * Wo]  # (N, C, 2Ho, 2Wo)
-    win = x.reshape(N, C, Ho, 2, Wo, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, Wo, 2, 2)
-    return win.reshape(N, C, Ho, Wo, 4)  # (N, C, Ho, Wo, 4)
+    return x[:, :, :2 * Ho, :2 * Wo]  # (N, C, 2Ho, 2Wo)
 
 
 def maxpool2d_forward(x, padding: str = "valid"):
     """Vectorised 2x2/2 max-pool; oracle :func:`maxpool2d_forward_naive`.
 
+    The four window positions are four strided views x[:, :, p::2, q::2]; the winner is
+    the first of them (row-major) that equals the maximum.
     x : ndarray, shape (N, C, H, W). Returns y (N, C, Ho, Wo) and the cache.
     """
-    win = _windows(x, padding)  # (N, C, Ho, Wo, 4)
-    argmax = win.argmax(axis=-1)  # (N, C, Ho, Wo), first maximum wins
-    y = win.max(axis=-1)  # (N, C, Ho, Wo)
-    return y, PoolCache(x.shape, argmax.astype(np.int8))
+    xp = get_xp(x)
+    x_shape = x.shape
+    x = _padded(x, padding)  # (N, C, 2Ho, 2Wo)
+    taps = [x[:, :, p::2, q::2] for p, q in _TAPS]  # 4 x (N, C, Ho, Wo)
+    y = xp.maximum(xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3]))  # (N, C, Ho, Wo)
+    argmax = xp.full(y.shape, 3, dtype=np.int8)  # (N, C, Ho, Wo)
+    for k in (2, 1, 0):  # the lowest k with taps[k] == y wins
+        argmax[taps[k] == y] = k
+    return y, PoolCache(x_shape, argmax)
 
 
 def maxpool2d_backward(dy, cache: PoolCache):
@@ -87,16 +95,16 @@ def maxpool2d_backward(dy, cache: PoolCache):
     xp = get_xp(dy)
     N, C, H, W = cache.x_shape
     _, _, Ho, Wo = dy.shape
-    onehot = cache.argmax[..., None] == xp.arange(4, dtype=np.int8)  # (N, C, Ho, Wo, 4)
-    dwin = onehot * dy[..., None]  # (N, C, Ho, Wo, 4)
-    dwin = dwin.reshape(N, C, Ho, Wo, 2, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, 2, Wo, 2)
-    dx_crop = dwin.reshape(N, C, 2 * Ho, 2 * Wo)  # (N, C, 2Ho, 2Wo)
+    dx = xp.zeros((N, C, 2 * Ho, 2 * Wo), dtype=dy.dtype)  # (N, C, 2Ho, 2Wo)
+    zero = xp.zeros((), dtype=dy.dtype)
+    for k, (p, q) in enumerate(_TAPS):
+        dx[:, :, p::2, q::2] = xp.where(cache.argmax == k, dy, zero)
     if (2 * Ho, 2 * Wo) == (H, W):
-        return dx_crop
-    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
+        return dx
+    out = xp.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
     h, w = min(H, 2 * Ho), min(W, 2 * Wo)
-    dx[:, :, :h, :w] = dx_crop[:, :, :h, :w]  # drops the -inf padding, zero for a dropped edge
-    return dx
+    out[:, :, :h, :w] = dx[:, :, :h, :w]  # drops the -inf padding, zero for a dropped edge
+    return out
 
 
 def maxpool2d_forward_naive(x, padding: str = "valid"):

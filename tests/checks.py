@@ -1,0 +1,54 @@
+"""Test helpers: the one tolerance rule and a readable comparison (STYLE.md habit 12)."""
+
+import numpy as np
+
+
+def tolerance(dtype) -> dict:
+    """|actual - expected| <= atol + rtol * |expected|, chosen by dtype."""
+    if np.dtype(dtype) == np.float64:
+        return {"rtol": 1e-10, "atol": 1e-12}
+    return {"rtol": 2e-4, "atol": 2e-6}
+
+
+def assert_close(actual, expected, what: str, dtype=None) -> None:
+    """assert_allclose with the dtype's tolerance and a message naming what is compared."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    tol = tolerance(dtype if dtype is not None else expected.dtype)
+    np.testing.assert_allclose(actual, expected, err_msg=what, **tol)
+
+
+def relative_error(a: float, b: float, floor: float = 1e-8) -> float:
+    """|a - b| / max(|a|, |b|, floor): relative, but not blown up where both are ~0."""
+    return abs(a - b) / max(abs(a), abs(b), floor)
+
+
+def check_grad(f, arr: np.ndarray, grad: np.ndarray, what: str, rng: np.random.Generator,
+               num_samples: int = 20, eps: float = 1e-6, max_rel: float = 1e-6,
+               min_fraction: float = 0.0) -> None:
+    """Compare ``grad`` (dL/darr, analytic) to central differences of the scalar ``f()``.
+
+    ``f`` reads ``arr`` (float64), which is perturbed in place and restored. All coordinates
+    are checked when there are at most ``num_samples``; otherwise a random sample of those
+    with |grad| >= min_fraction * max|grad|. (A central difference of a loss of size ~1 has
+    an absolute rounding error of ~1e-16 / eps, so a coordinate whose gradient is 1e-6 of
+    the largest cannot be resolved to a relative 1e-6; ``min_fraction`` skips those.)
+    """
+    assert arr.dtype == np.float64 and grad.shape == arr.shape, what
+    flat, gflat = arr.reshape(-1), grad.reshape(-1)
+    if flat.size <= num_samples:
+        indices = np.arange(flat.size)
+    else:
+        candidates = np.flatnonzero(np.abs(gflat) >= min_fraction * np.abs(gflat).max())
+        indices = rng.choice(candidates, size=min(num_samples, candidates.size), replace=False)
+    for i in indices:
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = f()
+        flat[i] = old - eps
+        f_minus = f()
+        flat[i] = old
+        numeric = (f_plus - f_minus) / (2 * eps)
+        err = relative_error(numeric, gflat[i])
+        assert err < max_rel, (f"{what}: index {np.unravel_index(i, arr.shape)} analytic "
+                               f"{gflat[i]:.12g} vs central difference {numeric:.12g} "
+                               f"(relative error {err:.2e})")

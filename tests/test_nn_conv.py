@@ -1,0 +1,98 @@
+"""conv2d: the im2col version against the loop oracle, and both against finite differences."""
+
+import numpy as np
+import pytest
+
+from checks import assert_close, check_grad
+from refsim.backend import to_numpy
+from refsim.nn.conv import (conv2d_backward, conv2d_backward_naive, conv2d_forward,
+                            conv2d_forward_naive, conv_output_size, conv_padding)
+
+# (N, C, O, H, W, K, padding): odd sizes, size 1, batch 1, channel 1, even kernels.
+SHAPES = [
+    (1, 1, 1, 1, 1, 1, "valid"),
+    (1, 1, 1, 5, 5, 5, "same"),
+    (2, 3, 4, 7, 5, 3, "same"),
+    (3, 2, 5, 6, 6, 4, "same"),
+    (1, 1, 2, 9, 7, 5, "valid"),
+    (2, 4, 1, 5, 8, 2, "valid"),
+    (2, 2, 3, 4, 4, 3, 1),
+    (1, 3, 2, 1, 6, 3, 1),
+    (4, 1, 3, 8, 3, 3, 0),
+    (2, 2, 2, 3, 3, 5, 2),
+    (1, 5, 3, 10, 9, 5, "same"),
+    (3, 1, 1, 2, 2, 2, "same"),
+]
+
+
+def _args(shape, dtype, seed):
+    N, C, O, H, W, K, padding = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, K, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    return x, w, b, padding
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_conv2d_matches_naive(xp, index, dtype):
+    x, w, b, padding = _args(SHAPES[index], dtype, seed=index)
+    what = f"conv2d shape={SHAPES[index]} dtype={np.dtype(dtype).name}"
+    y_ref, cache_ref = conv2d_forward_naive(x, w, b, padding)
+    y, cache = conv2d_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), padding)
+    assert y.shape == y_ref.shape and y.dtype == dtype, what
+    assert_close(to_numpy(y), y_ref, f"{what}: y")
+    dy = np.random.default_rng(100 + index).standard_normal(y_ref.shape).astype(dtype)
+    grads_ref = conv2d_backward_naive(dy, cache_ref)
+    grads = conv2d_backward(xp.asarray(dy), cache)
+    for name, g, g_ref in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert g.shape == g_ref.shape and g.dtype == dtype, f"{what}: {name}"
+        assert_close(to_numpy(g), g_ref, f"{what}: {name}")
+
+
+def test_conv2d_backward_can_skip_dx():
+    x, w, b, padding = _args(SHAPES[2], np.float64, seed=0)
+    y, cache = conv2d_forward(x, w, b, padding)
+    dx, dw, db = conv2d_backward(np.ones_like(y), cache, need_dx=False)
+    _, dw_full, db_full = conv2d_backward(np.ones_like(y), cache)
+    assert dx is None
+    np.testing.assert_array_equal(dw, dw_full)
+    np.testing.assert_array_equal(db, db_full)
+
+
+@pytest.mark.parametrize("index", [1, 2, 3, 6, 10])
+def test_conv2d_gradients_match_central_differences(index):
+    x, w, b, padding = _args(SHAPES[index], np.float64, seed=index)
+    rng = np.random.default_rng(1000 + index)
+    y, cache = conv2d_forward(x, w, b, padding)
+    r = rng.standard_normal(y.shape)  # L = sum(r * y), so dL/dy = r
+    dx, dw, db = conv2d_backward(r, cache)
+
+    def loss():
+        return float(np.sum(r * conv2d_forward(x, w, b, padding)[0]))
+
+    for name, arr, grad in (("x", x, dx), ("w", w, dw), ("b", b, db)):
+        check_grad(loss, arr, grad, f"conv2d {SHAPES[index]} d/d{name}", rng)
+
+
+def test_same_padding_follows_keras_for_even_kernels():
+    assert conv_padding(4, "same") == (1, 2)  # TensorFlow puts the extra row after
+    assert conv_output_size(7, 4, "same") == 7
+    assert conv_output_size(7, 4, "valid") == 4
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(x=np.zeros((2, 3, 5))), "x must have shape"),
+    (dict(w=np.zeros((4, 2, 3, 3))), "channels"),
+    (dict(b=np.zeros(3)), "b must have shape"),
+    (dict(padding="full"), "padding must be"),
+    (dict(padding=-1), "padding must be"),
+    (dict(w=np.zeros((4, 3, 9, 9)), padding="valid"), "does not fit"),
+])
+def test_conv2d_rejects_bad_arguments(bad, message):
+    args = dict(x=np.zeros((2, 3, 5, 5)), w=np.zeros((4, 3, 3, 3)), b=np.zeros(4), padding="same")
+    args.update(bad)
+    for forward in (conv2d_forward, conv2d_forward_naive):
+        with pytest.raises(ValueError, match=message):
+            forward(args["x"], args["w"], args["b"], args["padding"])
