@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.im2col import col2im, im2col
 
 __all__ = [
     "conv_padding",
@@ -146,37 +147,11 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 
 
 # ----------------------------------------------------------------------------------------
-# Vectorised version: im2col + one GEMM. The im2col matrix is laid out (C, K, K, N, Ho, Wo)
-# so that copying one kernel tap (c, p, q) for every output pixel is a copy of contiguous
-# rows of Wo: it keeps the copies cheap and lets y come out of the GEMM as (O, N, Ho, Wo).
-
-
-def _im2col(x_pad, K: int, Ho: int, Wo: int):
-    """cols[(c, p, q), (n, i, j)] = x_pad[n, c, i + p, j + q]; shape (C*K*K, N*Ho*Wo)."""
-    xp = get_xp(x_pad)
-    N, C = x_pad.shape[:2]
-    x_cn = x_pad.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
-    cols = xp.empty((C, K, K, N, Ho, Wo), dtype=x_pad.dtype)  # (C, K, K, N, Ho, Wo)
-    for p in range(K):
-        for q in range(K):
-            cols[:, p, q] = x_cn[:, :, p:p + Ho, q:q + Wo]  # tap (p, q): a shifted window
-    return cols.reshape(C * K * K, N * Ho * Wo)
-
-
-def _col2im(dcols, x_pad_shape, K: int, Ho: int, Wo: int):
-    """Adjoint of :func:`_im2col`: scatter-add (C*K*K, N*Ho*Wo) onto (N, C, Hp, Wp)."""
-    xp = get_xp(dcols)
-    N, C, Hp, Wp = x_pad_shape
-    dcols = dcols.reshape(C, K, K, N, Ho, Wo)
-    dx_cn = xp.zeros((C, N, Hp, Wp), dtype=dcols.dtype)  # (C, N, Hp, Wp)
-    for p in range(K):
-        for q in range(K):
-            dx_cn[:, :, p:p + Ho, q:q + Wo] += dcols[:, p, q]
-    return dx_cn.transpose(1, 0, 2, 3)  # (N, C, Hp, Wp), a view
+# Vectorised version: im2col + one GEMM (``refsim.nn.im2col`` holds the data movement).
 
 
 def conv2d_forward(x, w, b, padding: str | int = "valid"):
-    """Convolution as one matrix product: y = w_mat @ im2col(x_pad) + b.
+    """Convolution as one matrix product: y = w_mat @ im2col(x) + b.
 
     Same contract as :func:`conv2d_forward_naive` (its oracle).
     x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
@@ -187,7 +162,7 @@ def conv2d_forward(x, w, b, padding: str | int = "valid"):
     O, _, K, _ = w.shape
     pads = conv_padding(K, padding)
     Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
-    cols = _im2col(_pad(x, pads), K, Ho, Wo)  # (C*K*K, N*Ho*Wo)
+    cols = im2col(x, K, pads[0], Ho, Wo).reshape(C * K * K, N * Ho * Wo)
     y = w.reshape(O, C * K * K) @ cols  # (O, N*Ho*Wo)
     y += b[:, None]
     y = y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, O, Ho, Wo), a view
@@ -201,7 +176,7 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     False, e.g. for the first layer of a network), dw (O, C, K, K), db (O,).
     """
     xp = get_xp(dy)
-    cols, w, (before, after) = cache.cols, cache.w, cache.pads
+    cols, w = cache.cols, cache.w
     N, C, H, W = cache.x_shape
     _, O, Ho, Wo = dy.shape
     K = w.shape[2]
@@ -211,5 +186,5 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     if not need_dx:
         return None, dw, db
     dcols = w.reshape(O, C * K * K).T @ dy_mat  # (C*K*K, N*Ho*Wo)
-    dx_pad = _col2im(dcols, (N, C, H + before + after, W + before + after), K, Ho, Wo)
-    return dx_pad[:, :, before:before + H, before:before + W], dw, db  # (N, C, H, W)
+    dx = col2im(dcols.reshape(C, K, K, N, Ho, Wo), cache.x_shape, cache.pads[0])
+    return dx, dw, db  # (N, C, H, W), (O, C, K, K), (O,)

@@ -81,9 +81,10 @@ def maxpool2d_forward(x, padding: str = "valid"):
     x = _padded(x, padding)  # (N, C, 2Ho, 2Wo)
     taps = [x[:, :, p::2, q::2] for p, q in _TAPS]  # 4 x (N, C, Ho, Wo)
     y = xp.maximum(xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3]))  # (N, C, Ho, Wo)
-    argmax = xp.full(y.shape, 3, dtype=np.int8)  # (N, C, Ho, Wo)
-    for k in (2, 1, 0):  # the lowest k with taps[k] == y wins
-        argmax[taps[k] == y] = k
+    # The first k with taps[k] == y: 0 if tap 0 is a maximum, else 1 + (0 if tap 1 is, else
+    # 1 + (0 if tap 2 is, else 1)).
+    miss = [(tap != y).astype(np.int8) for tap in taps[:3]]  # 3 x (N, C, Ho, Wo)
+    argmax = miss[0] * (1 + miss[1] * (1 + miss[2]))  # (N, C, Ho, Wo), int8 in 0..3
     return y, PoolCache(x_shape, argmax)
 
 
@@ -96,9 +97,8 @@ def maxpool2d_backward(dy, cache: PoolCache):
     N, C, H, W = cache.x_shape
     _, _, Ho, Wo = dy.shape
     dx = xp.zeros((N, C, 2 * Ho, 2 * Wo), dtype=dy.dtype)  # (N, C, 2Ho, 2Wo)
-    zero = xp.zeros((), dtype=dy.dtype)
     for k, (p, q) in enumerate(_TAPS):
-        dx[:, :, p::2, q::2] = xp.where(cache.argmax == k, dy, zero)
+        dx[:, :, p::2, q::2] = dy * (cache.argmax == k)
     if (2 * Ho, 2 * Wo) == (H, W):
         return dx
     out = xp.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
