@@ -1,0 +1,14 @@
+"""The layering contract of STYLE.md (backend < nn | compress | data < fedavg < cli), checked
+with import-linter from the [importlinter] section of setup.cfg."""
+
+import pathlib
+
+from importlinter import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_layers_import_only_downwards(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli.lint_imports(config_filename=str(ROOT / "setup.cfg")) == 0, \
+        "a refsim module imports from a higher layer: run lint-imports for the details"
