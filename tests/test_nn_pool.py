@@ -5,8 +5,14 @@ import pytest
 
 from checks import check_grad
 from refsim.backend import to_numpy
-from refsim.nn.pool import (maxpool2d_backward, maxpool2d_backward_naive, maxpool2d_forward,
-                            maxpool2d_forward_naive, pool_output_size)
+from refsim.nn.pool import (maxpool2d_backward, maxpool2d_backward_naive,
+                            maxpool2d_backward_views, maxpool2d_forward, maxpool2d_forward_naive,
+                            maxpool2d_forward_views)
+
+# (forward, backward) pairs checked against the plain-Python loop oracle: the front end
+# (Numba kernel on NumPy arrays, strided views on CuPy) and the strided views on any array.
+IMPLEMENTATIONS = {"front end": (maxpool2d_forward, maxpool2d_backward),
+                   "views": (maxpool2d_forward_views, maxpool2d_backward_views)}
 
 # (N, C, H, W, padding): odd sizes, size 2 and 3, batch 1, channel 1.
 SHAPES = [
@@ -16,20 +22,23 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("index", range(len(SHAPES)))
-def test_maxpool2d_matches_naive(xp, index, dtype):
+def test_maxpool2d_matches_naive(xp, index, dtype, impl):
+    forward, backward = IMPLEMENTATIONS[impl]
     N, C, H, W, padding = SHAPES[index]
     rng = np.random.default_rng(index)
     # Integers make ties common, so the first-maximum rule is exercised.
     x = rng.integers(-3, 4, size=(N, C, H, W)).astype(dtype)
     what = f"maxpool2d shape={SHAPES[index]} dtype={np.dtype(dtype).name}"
     y_ref, cache_ref = maxpool2d_forward_naive(x, padding)
-    y, cache = maxpool2d_forward(xp.asarray(x), padding)
+    y, cache = forward(xp.asarray(x), padding)
+    assert y.dtype == dtype, what
     np.testing.assert_array_equal(to_numpy(y), y_ref, err_msg=what)
     np.testing.assert_array_equal(to_numpy(cache.argmax), cache_ref.argmax, err_msg=what)
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
-    dx = maxpool2d_backward(xp.asarray(dy), cache)
+    dx = backward(xp.asarray(dy), cache)
     dx_ref = maxpool2d_backward_naive(dy, cache_ref)
     assert dx.shape == (N, C, H, W) and dx.dtype == dtype, what
     np.testing.assert_array_equal(to_numpy(dx), dx_ref, err_msg=what)
@@ -37,15 +46,17 @@ def test_maxpool2d_matches_naive(xp, index, dtype):
 
 def test_ties_go_to_the_first_maximum_in_row_major_order():
     x = np.array([[[[1.0, 2.0], [2.0, 2.0]]]])  # maximum 2 at (0, 1), (1, 0), (1, 1)
-    y, cache = maxpool2d_forward(x)
-    dx = maxpool2d_backward(np.ones_like(y), cache)
-    np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0], [0.0, 0.0]])
+    for forward, backward in IMPLEMENTATIONS.values():
+        y, cache = forward(x)
+        dx = backward(np.ones_like(y), cache)
+        np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0], [0.0, 0.0]])
 
 
 def test_same_padding_never_selects_the_padding():
     x = -np.ones((1, 1, 3, 3)) * np.arange(1, 10).reshape(1, 1, 3, 3)  # all negative
-    y, _ = maxpool2d_forward(x, "same")
-    np.testing.assert_array_equal(y[0, 0], [[-1.0, -3.0], [-7.0, -9.0]])
+    for forward, _ in IMPLEMENTATIONS.values():
+        y, _ = forward(x, "same")
+        np.testing.assert_array_equal(y[0, 0], [[-1.0, -3.0], [-7.0, -9.0]])
 
 
 @pytest.mark.parametrize("index", [3, 4, 7])
@@ -60,10 +71,12 @@ def test_maxpool2d_gradient_matches_central_differences(index):
                f"maxpool2d {SHAPES[index]} d/dx", rng, eps=1e-4)
 
 
-def test_maxpool2d_rejects_bad_arguments():
+@pytest.mark.parametrize("forward", [maxpool2d_forward, maxpool2d_forward_views,
+                                     maxpool2d_forward_naive])
+def test_maxpool2d_rejects_bad_arguments(forward):
     with pytest.raises(ValueError, match="padding must be"):
-        pool_output_size(4, "full")
+        forward(np.zeros((1, 1, 4, 4)), "full")
     with pytest.raises(ValueError, match="size >= 2"):
-        maxpool2d_forward(np.zeros((1, 1, 1, 4)), "valid")
+        forward(np.zeros((1, 1, 1, 4)), "valid")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        maxpool2d_forward(np.zeros((4, 4)))
+        forward(np.zeros((4, 4)))

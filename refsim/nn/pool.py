@@ -13,14 +13,17 @@ Padding: ``"valid"`` drops a last odd row/column (Ho = floor(H / 2)); ``"same"``
 odd row/column with -inf (Ho = ceil(H / 2)), the TensorFlow/Keras convention, so a padded
 element is never the maximum. Layout NCHW.
 
-``maxpool2d_forward_naive`` / ``maxpool2d_backward_naive`` are the loop oracles of the
-vectorised ``maxpool2d_forward`` / ``maxpool2d_backward`` (``tests/test_nn_pool.py``).
+Three implementations, one algorithm (``tests/test_nn_pool.py`` pins them together):
+``maxpool2d_forward_naive`` / ``maxpool2d_backward_naive`` run the loop oracle as plain Python;
+``maxpool2d_forward`` / ``maxpool2d_backward`` run the same loops compiled by Numba for NumPy
+arrays, and the xp-generic strided-view versions (``*_views``) for other arrays (CuPy).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from refsim.backend import get_xp
@@ -29,6 +32,8 @@ __all__ = [
     "pool_output_size",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "maxpool2d_forward_views",
+    "maxpool2d_backward_views",
     "maxpool2d_forward_naive",
     "maxpool2d_backward_naive",
 ]
@@ -69,8 +74,8 @@ def _padded(x, padding: str):
     return x[:, :, :2 * Ho, :2 * Wo]  # (N, C, 2Ho, 2Wo)
 
 
-def maxpool2d_forward(x, padding: str = "valid"):
-    """Vectorised 2x2/2 max-pool; oracle :func:`maxpool2d_forward_naive`.
+def maxpool2d_forward_views(x, padding: str = "valid"):
+    """xp-generic 2x2/2 max-pool over four strided views; oracle :func:`maxpool2d_forward_naive`.
 
     The four window positions are four strided views x[:, :, p::2, q::2]; the winner is
     the first of them (row-major) that equals the maximum.
@@ -88,8 +93,9 @@ def maxpool2d_forward(x, padding: str = "valid"):
     return y, PoolCache(x_shape, argmax)
 
 
-def maxpool2d_backward(dy, cache: PoolCache):
-    """Route each dy to its window's first maximum; oracle :func:`maxpool2d_backward_naive`.
+def maxpool2d_backward_views(dy, cache: PoolCache):
+    """xp-generic: route each dy to its window's first maximum; oracle
+    :func:`maxpool2d_backward_naive`.
 
     dy : ndarray, shape (N, C, Ho, Wo). Returns dx : ndarray, shape (N, C, H, W).
     """
@@ -107,36 +113,82 @@ def maxpool2d_backward(dy, cache: PoolCache):
     return out
 
 
-def maxpool2d_forward_naive(x, padding: str = "valid"):
-    """Max-pool by explicit loops over windows. Oracle for :func:`maxpool2d_forward`."""
-    if x.ndim != 4:
-        raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
+# ----------------------------------------------------------------------------------------
+# The loop oracle. Its loop bodies run as plain Python in the *_naive functions and, compiled
+# by Numba, as the kernels maxpool2d_forward/backward use for NumPy arrays.
+
+
+def _maxpool_forward_loop(x, y, argmax):
+    """Fill y, argmax (N, C, Ho, Wo) from x (N, C, H, W); positions outside x never win."""
     N, C, H, W = x.shape
-    Ho, Wo = pool_output_size(H, padding), pool_output_size(W, padding)
-    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)  # (N, C, Ho, Wo)
-    argmax = np.empty((N, C, Ho, Wo), dtype=np.int8)  # (N, C, Ho, Wo)
+    Ho, Wo = y.shape[2], y.shape[3]
     for n in range(N):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
                     best, best_k = -np.inf, 0
-                    for k, (p, q) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                        r, s = 2 * i + p, 2 * j + q
+                    for k in range(4):  # (p, q) = (0, 0), (0, 1), (1, 0), (1, 1)
+                        r, s = 2 * i + k // 2, 2 * j + k % 2
                         if r < H and s < W and x[n, c, r, s] > best:  # strict: first max wins
                             best, best_k = x[n, c, r, s], k
-                    y[n, c, i, j], argmax[n, c, i, j] = best, best_k
-    return y, PoolCache(x.shape, argmax)
+                    y[n, c, i, j] = best
+                    argmax[n, c, i, j] = best_k
 
 
-def maxpool2d_backward_naive(dy, cache: PoolCache):
-    """Gradient by explicit loops. Oracle for :func:`maxpool2d_backward`."""
-    N, C, H, W = cache.x_shape
-    dx = np.zeros((N, C, H, W), dtype=dy.dtype)  # (N, C, H, W)
-    _, _, Ho, Wo = dy.shape
+def _maxpool_backward_loop(dy, argmax, dx):
+    """Add each dy[n, c, i, j] to dx (N, C, H, W) (zeroed) at its window's winner."""
+    N, C, Ho, Wo = dy.shape
     for n in range(N):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    k = cache.argmax[n, c, i, j]
+                    k = argmax[n, c, i, j]
                     dx[n, c, 2 * i + k // 2, 2 * j + k % 2] += dy[n, c, i, j]
+
+
+_maxpool_forward_kernel = numba.njit(cache=True)(_maxpool_forward_loop)
+_maxpool_backward_kernel = numba.njit(cache=True)(_maxpool_backward_loop)
+
+
+def _pool_outputs(x, padding: str):
+    if x.ndim != 4:
+        raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
+    N, C, H, W = x.shape
+    Ho, Wo = pool_output_size(H, padding), pool_output_size(W, padding)
+    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)  # (N, C, Ho, Wo)
+    return y, np.empty((N, C, Ho, Wo), dtype=np.int8)  # (N, C, Ho, Wo)
+
+
+def maxpool2d_forward_naive(x, padding: str = "valid"):
+    """Max-pool by explicit loops over windows (plain Python). Oracle for the others."""
+    y, argmax = _pool_outputs(x, padding)
+    _maxpool_forward_loop(x, y, argmax)
+    return y, PoolCache(x.shape, argmax)
+
+
+def maxpool2d_backward_naive(dy, cache: PoolCache):
+    """Gradient by explicit loops (plain Python). Oracle for the others."""
+    dx = np.zeros(cache.x_shape, dtype=dy.dtype)  # (N, C, H, W)
+    _maxpool_backward_loop(dy, cache.argmax, dx)
+    return dx
+
+
+def maxpool2d_forward(x, padding: str = "valid"):
+    """2x2/2 max-pool: the compiled loop for NumPy arrays, the strided views otherwise.
+
+    x : ndarray, shape (N, C, H, W). Returns y (N, C, Ho, Wo) and the cache.
+    """
+    if not isinstance(x, np.ndarray):
+        return maxpool2d_forward_views(x, padding)
+    y, argmax = _pool_outputs(x, padding)
+    _maxpool_forward_kernel(x, y, argmax)
+    return y, PoolCache(x.shape, argmax)
+
+
+def maxpool2d_backward(dy, cache: PoolCache):
+    """dx (N, C, H, W): the compiled loop for NumPy arrays, the strided views otherwise."""
+    if not isinstance(dy, np.ndarray):
+        return maxpool2d_backward_views(dy, cache)
+    dx = np.zeros(cache.x_shape, dtype=dy.dtype)  # (N, C, H, W)
+    _maxpool_backward_kernel(dy, cache.argmax, dx)
     return dx
