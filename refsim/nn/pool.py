@@ -125,13 +125,18 @@ def _maxpool_forward_loop(x, y, argmax):
     for n in range(N):
         for c in range(C):
             for i in range(Ho):
+                r = 2 * i  # always inside x; row r + 1 may not be ('same', odd H)
                 for j in range(Wo):
-                    best, best_k = -np.inf, 0
-                    for k in range(4):  # (p, q) = (0, 0), (0, 1), (1, 0), (1, 1)
-                        r, s = 2 * i + k // 2, 2 * j + k % 2
-                        if r < H and s < W and x[n, c, r, s] > best:  # strict: first max wins
-                            best, best_k = x[n, c, r, s], k
-                    y[n, c, i, j] = best
+                    s = 2 * j  # always inside x; column s + 1 may not be
+                    best, best_k = x[n, c, r, s], 0  # tap k = 0: (p, q) = (0, 0)
+                    if s + 1 < W and x[n, c, r, s + 1] > best:  # k = 1: (0, 1)
+                        best, best_k = x[n, c, r, s + 1], 1
+                    if r + 1 < H:
+                        if x[n, c, r + 1, s] > best:  # k = 2: (1, 0)
+                            best, best_k = x[n, c, r + 1, s], 2
+                        if s + 1 < W and x[n, c, r + 1, s + 1] > best:  # k = 3: (1, 1)
+                            best, best_k = x[n, c, r + 1, s + 1], 3
+                    y[n, c, i, j] = best  # strict '>' above: the first maximum wins
                     argmax[n, c, i, j] = best_k
 
 
