@@ -2,7 +2,8 @@
 
 Read ``README.md`` for the reading order. Subpackages: ``refsim.backend`` (array module and
 random streams), ``refsim.nn`` (the hand-written networks), ``refsim.data`` (embedded
-datasets, partitioners, client batching).
+datasets, partitioners, client batching), ``refsim.compress`` (quantization, Huffman coding,
+the update codec).
 """
 
 __version__ = "0.1.0"
