@@ -96,3 +96,19 @@ def test_conv2d_rejects_bad_arguments(bad, message):
     for forward in (conv2d_forward, conv2d_forward_naive):
         with pytest.raises(ValueError, match=message):
             forward(args["x"], args["w"], args["b"], args["padding"])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 500, 10**9])
+def test_conv2d_is_the_same_in_any_number_of_batch_chunks(monkeypatch, chunk_bytes):
+    """CHUNK_BYTES = 1 gives one example per im2col block; 10**9 one block for the batch."""
+    import refsim.nn.conv as conv
+
+    monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
+    x, w, b, padding = _args((5, 2, 3, 6, 7, 3, "same"), np.float64, seed=3)
+    y_ref, cache_ref = conv2d_forward_naive(x, w, b, padding)
+    y, cache = conv2d_forward(x, w, b, padding)
+    assert_close(y, y_ref, f"chunks of {chunk_bytes} bytes: y")
+    dy = np.random.default_rng(4).standard_normal(y.shape)
+    for name, g, g_ref in zip(("dx", "dw", "db"), conv2d_backward(dy, cache),
+                              conv2d_backward_naive(dy, cache_ref)):
+        assert_close(g, g_ref, f"chunks of {chunk_bytes} bytes: {name}")

@@ -70,11 +70,9 @@ def conv_output_size(size: int, kernel: int, padding: str | int) -> int:
 
 
 class ConvCache(NamedTuple):
-    x_shape: tuple[int, int, int, int]  # (N, C, H, W)
-    cols: object  # (C*K*K, N*Ho*Wo) im2col matrix, or None for the naive version
-    x_pad: object  # (N, C, Hp, Wp) padded input (naive version only)
+    x: object  # (N, C, H, W) the input
     w: object  # (O, C, K, K)
-    pads: tuple[int, int]  # (before, after) on each spatial axis
+    pads: tuple[int, int]  # (before, after) zero padding on each spatial axis
 
 
 def _check_conv_args(x, w, b) -> None:
@@ -119,7 +117,7 @@ def conv2d_forward_naive(x, w, b, padding: str | int = "valid"):
                 for j in range(Wo):
                     window = x_pad[n, :, i:i + K, j:j + K]  # (C, K, K)
                     y[n, o, i, j] = np.sum(window * w[o]) + b[o]
-    return y, ConvCache(x.shape, None, x_pad, w, pads)
+    return y, ConvCache(x, w, pads)
 
 
 def conv2d_backward_naive(dy, cache: ConvCache):
@@ -127,8 +125,8 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 
     dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W), dw (O, C, K, K), db (O,).
     """
-    x_pad, w, (before, _) = cache.x_pad, cache.w, cache.pads
-    N, C, H, W = cache.x_shape
+    x_pad, w, (before, _) = _pad(cache.x, cache.pads), cache.w, cache.pads
+    N, C, H, W = cache.x.shape
     _, O, Ho, Wo = dy.shape
     K = w.shape[2]
     dx_pad = np.zeros_like(x_pad)  # (N, C, Hp, Wp)
@@ -147,44 +145,67 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 
 
 # ----------------------------------------------------------------------------------------
-# Vectorised version: im2col + one GEMM (``refsim.nn.im2col`` holds the data movement).
+# Vectorised version: im2col + GEMM (``refsim.nn.im2col`` holds the data movement), over
+# chunks of the batch so that each im2col block stays small (CHUNK_BYTES): the blocks stay
+# in cache and are reused rather than allocated afresh, and the backward pass rebuilds them
+# from x instead of keeping a (C*K*K, N*Ho*Wo) matrix alive between the passes.
+
+CHUNK_BYTES = 4 * 2**20
+
+
+def _chunk_size(C: int, K: int, Ho: int, Wo: int, itemsize: int) -> int:
+    """Examples per im2col block: as many as fit in CHUNK_BYTES, at least one."""
+    return max(1, CHUNK_BYTES // (C * K * K * Ho * Wo * itemsize))
 
 
 def conv2d_forward(x, w, b, padding: str | int = "valid"):
-    """Convolution as one matrix product: y = w_mat @ im2col(x) + b.
+    """Convolution as matrix products: y[:, chunk] = w_mat @ im2col(x[chunk]), plus b.
 
     Same contract as :func:`conv2d_forward_naive` (its oracle).
     x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
     Returns y : ndarray, shape (N, O, Ho, Wo), and the cache for :func:`conv2d_backward`.
     """
     _check_conv_args(x, w, b)
+    xp = get_xp(x)
     N, C, H, W = x.shape
     O, _, K, _ = w.shape
     pads = conv_padding(K, padding)
     Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
-    cols = im2col(x, K, pads[0], Ho, Wo).reshape(C * K * K, N * Ho * Wo)
-    y = w.reshape(O, C * K * K) @ cols  # (O, N*Ho*Wo)
-    y += b[:, None]
-    y = y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, O, Ho, Wo), a view
-    return y, ConvCache(x.shape, cols, None, w, pads)
+    w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
+    y = xp.empty((O, N, Ho, Wo), dtype=x.dtype)  # (O, N, Ho, Wo): the GEMM's natural layout
+    step = _chunk_size(C, K, Ho, Wo, x.itemsize)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        cols = im2col(x[n0:n1], K, pads[0], Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)
+        y[:, n0:n1] = (w_mat @ cols).reshape(O, n1 - n0, Ho, Wo)
+    y += b[:, None, None, None]
+    return y.transpose(1, 0, 2, 3), ConvCache(x, w, pads)  # (N, O, Ho, Wo), a view
 
 
 def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     """Gradients of :func:`conv2d_forward`; oracle :func:`conv2d_backward_naive`.
 
+    dw = sum over chunks of dy_mat @ cols^T, dx[chunk] = col2im(w_mat^T @ dy_mat).
     dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W) (None when ``need_dx`` is
     False, e.g. for the first layer of a network), dw (O, C, K, K), db (O,).
     """
     xp = get_xp(dy)
-    cols, w = cache.cols, cache.w
-    N, C, H, W = cache.x_shape
+    x, w, (before, _) = cache
+    N, C, H, W = x.shape
     _, O, Ho, Wo = dy.shape
     K = w.shape[2]
-    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(O, N * Ho * Wo)
-    dw = (dy_mat @ cols.T).reshape(w.shape)  # (O, C, K, K)
-    db = dy_mat.sum(axis=1)  # (O,)
-    if not need_dx:
-        return None, dw, db
-    dcols = w.reshape(O, C * K * K).T @ dy_mat  # (C*K*K, N*Ho*Wo)
-    dx = col2im(dcols.reshape(C, K, K, N, Ho, Wo), cache.x_shape, cache.pads[0])
-    return dx, dw, db  # (N, C, H, W), (O, C, K, K), (O,)
+    w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
+    dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3))  # (O, N, Ho, Wo)
+    dw = xp.zeros((O, C * K * K), dtype=dy.dtype)  # (O, C*K*K)
+    dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None  # (N, C, H, W)
+    step = _chunk_size(C, K, Ho, Wo, x.itemsize)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        cols = im2col(x[n0:n1], K, before, Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)
+        dy_mat = dy_t[:, n0:n1].reshape(O, -1)  # (O, n*Ho*Wo)
+        dw += dy_mat @ cols.T
+        if need_dx:
+            dcols = (w_mat.T @ dy_mat).reshape(C, K, K, n1 - n0, Ho, Wo)
+            dx[n0:n1] = col2im(dcols, (n1 - n0, C, H, W), before)
+    db = dy_t.sum(axis=(1, 2, 3))  # (O,)
+    return dx, dw.reshape(w.shape), db
