@@ -22,18 +22,14 @@ import operator
 import numpy as np
 from numba import njit
 
+from refsim.compress._checks import check_int
+
 __all__ = ["packed_size", "pack", "pack_naive", "unpack", "unpack_naive", "to_blocks",
            "from_blocks"]
 
 
 def _check_bits(bits: object) -> int:
-    try:
-        b = operator.index(bits)
-    except TypeError:
-        raise TypeError(f"bits must be an integer, got {type(bits).__name__}") from None
-    if not 1 <= b <= 16:
-        raise ValueError(f"bits must be in 1..16, got {b}")
-    return b
+    return check_int("bits", bits, 1, 16)
 
 
 def packed_size(n: int, bits: int) -> int:

@@ -23,13 +23,13 @@ ceil(log2(2s + 1)) packed (refsim's fixed-length form), or the Huffman length of
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from refsim.compress._checks import check_int
 from refsim.compress.quantize import check_float_array
 from refsim.compress.rng import check_key, uniform_at, uniform_naive
 
@@ -39,13 +39,7 @@ MAX_LEVELS = 32767  # 2s + 1 symbols must fit in uint16
 
 
 def _check_levels(s: object) -> int:
-    try:
-        s = operator.index(s)
-    except TypeError:
-        raise TypeError(f"levels must be an integer, got {type(s).__name__}") from None
-    if not 1 <= s <= MAX_LEVELS:
-        raise ValueError(f"QSGD levels s must be in 1..{MAX_LEVELS}, got {s}")
-    return s
+    return check_int("QSGD levels s", s, 1, MAX_LEVELS)
 
 
 @dataclass(frozen=True)

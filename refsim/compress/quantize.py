@@ -27,13 +27,13 @@ RNG; refsim computes in float64 and draws from the documented SplitMix64 stream
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from refsim.compress._checks import check_int
 from refsim.compress.rng import check_key, uniform_at, uniform_naive
 
 __all__ = [
@@ -73,13 +73,7 @@ class Quantized(NamedTuple):
 
 
 def _check_bits(bits: object) -> int:
-    try:
-        b = operator.index(bits)
-    except TypeError:
-        raise TypeError(f"bits must be an integer, got {type(bits).__name__}") from None
-    if not 1 <= b <= MAX_BITS:
-        raise ValueError(f"bits must be in 1..{MAX_BITS}, got {b}")
-    return b
+    return check_int("bits", bits, 1, MAX_BITS)
 
 
 def level_dtype(bits: int) -> np.dtype:
