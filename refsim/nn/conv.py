@@ -21,7 +21,7 @@ input size at stride 1). For an even K, ``"same"`` pads (K-1)//2 before and K//2
 the TensorFlow/Keras convention (PyTorch's ``padding='same'`` does the same).
 
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are the loop-level oracles; the
-vectorised ``conv2d_forward`` / ``conv2d_backward`` (im2col + one GEMM) are checked
+vectorised ``conv2d_forward`` / ``conv2d_backward`` (im2col + GEMM, by batch chunks) are checked
 against them in ``tests/test_nn_conv.py``.
 """
 
