@@ -1,0 +1,110 @@
+"""One FedAvg round of the paper's MNIST setting beside a plain PyTorch FedAvg loop (CPU).
+
+McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1: 10 clients x 600 examples, B = 10,
+E = 1, C = 1 (all ten train), for the 2NN and the CNN. Issue goal: refsim within 1.5x of PyTorch.
+
+Run:  python -m pytest bench/bench_fedavg.py --benchmark-enable --benchmark-json=fedavg.json
+      python bench/ratios.py fedavg.json
+
+Before timing, the refsim round is checked against the PyTorch loop on the same initial weights
+and the same batch order (``refsim.data.batching.batch_order``), on two of the clients cut to
+60 and 37 examples (same code path, less time, unequal n_k), in float64 (so that the tolerance can be tight: in float32, 60 SGD steps
+of the CNN amplify rounding differences to ~1e-3). Timings are float32. The PyTorch loop is what a user would write:
+load the global state, SGD over the client's batches, then sum(n_k * w_k) / sum(n_k).
+"""
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from refsim.backend import Purpose, make_rng
+from refsim.data import batch_order, load_mnist, partition
+from refsim.fedavg import DType, FedAvgConfig, from_images, run_round
+from refsim.nn import cnn_mnist, from_torch_state_dict, mlp_2nn, to_torch_state_dict
+
+torch = pytest.importorskip("torch", reason="the PyTorch baseline needs torch==2.13.0 (CPU)")
+nn, F = torch.nn, torch.nn.functional
+
+THREADS = len(os.sched_getaffinity(0))
+LR, B, SEED, K = 0.05, 10, 0, 10
+MODELS = {"mlp_2nn": mlp_2nn, "cnn_mnist": cnn_mnist}
+
+
+def _torch_net(name):
+    if name == "cnn_mnist":
+        return nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(1, 32, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(32, 64, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()), ("fc1", nn.Linear(3136, 512)), ("relu3", nn.ReLU()),
+            ("fc2", nn.Linear(512, 10))]))
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(784, 200)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(200, 200)), ("relu2", nn.ReLU()), ("fc3", nn.Linear(200, 10))]))
+
+
+_DATA = {}
+
+
+def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None):
+    if dtype not in _DATA:
+        _DATA[dtype] = from_images(load_mnist(), dtype.np, train_limit=K * 600, test_limit=10)
+    data = _DATA[dtype]
+    parts = partition.iid(data.y_train, K, make_rng(SEED, Purpose.PARTITION))[:num_clients]
+    if sizes is not None:  # the oracle check: fewer examples per client, unequal n_k
+        parts = [p[:n] for p, n in zip(parts, sizes)]
+    model = MODELS[name]()
+    params = model.init(make_rng(SEED, Purpose.INIT), "torch", dtype.np)
+    cfg = FedAvgConfig(fraction=1.0, epochs=1, batch_size=B, lr=LR, rounds=1, seed=SEED,
+                       dtype=dtype)
+    return model, params, data, parts, cfg
+
+
+def _torch_round(name, model, params, data, parts):
+    """Plain PyTorch FedAvg round over clients 0..len(parts)-1 (round 1's batch order)."""
+    net = _torch_net(name).to(torch.float64 if params.dtype == np.float64 else torch.float32)
+    global_state = OrderedDict((k, torch.from_numpy(v.copy()))
+                               for k, v in to_torch_state_dict(model, params).items())
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    total, weights = None, 0
+    for k, idx in enumerate(parts):
+        net.load_state_dict(global_state)
+        opt = torch.optim.SGD(net.parameters(), lr=LR)
+        order = torch.from_numpy(batch_order(idx, 1, SEED, 1, k)[0])
+        for s in range(0, len(order), B):
+            b = order[s:s + B]
+            opt.zero_grad()
+            F.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+        n_k = len(idx)
+        sd = net.state_dict()
+        total = ({n: n_k * t.clone() for n, t in sd.items()} if total is None
+                 else {n: total[n] + n_k * sd[n] for n in sd})
+        weights += n_k
+    return OrderedDict((n, t / weights) for n, t in total.items())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_refsim_round(benchmark, name):
+    model, params, data, parts, cfg = _setup(name, 2, DType.FLOAT64, sizes=(60, 37))
+    torch.set_num_threads(THREADS)
+    expected = from_torch_state_dict(model, _torch_round(name, model, params, data, parts))
+    got, _, _ = run_round(params, {}, 1, cfg, model, data, parts)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-11,
+                               err_msg=f"refsim round vs PyTorch loop (float64), {name}")
+    model, params, data, parts, cfg = _setup(name, K)
+    benchmark.group = f"fedavg round {name} 10x600 B=10"
+    benchmark.extra_info.update(threads=THREADS, role="candidate")
+    benchmark.pedantic(run_round, args=(params, {}, 1, cfg, model, data, parts),
+                       rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torch_round(benchmark, name):
+    torch.set_num_threads(THREADS)
+    model, params, data, parts, _ = _setup(name, K)
+    benchmark.group = f"fedavg round {name} 10x600 B=10"
+    benchmark.extra_info.update(threads=THREADS, role="baseline")
+    benchmark.pedantic(_torch_round, args=(name, model, params, data, parts),
+                       rounds=3, iterations=1, warmup_rounds=1)

@@ -1,0 +1,22 @@
+"""refsim.fedavg: FederatedAveraging (McMahan et al., AISTATS 2017, arXiv:1602.05629,
+Algorithm 1) as a readable loop. Read ``loop.py`` first; semantics in ``docs/fedavg.md``."""
+
+from refsim.fedavg.client import ClientHParams, NonFiniteUpdateError, client_update
+from refsim.fedavg.config import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
+                                  ServerOptConfig, Weighting, clients_per_round)
+from refsim.fedavg.dataset import FedData, from_images, holdout_split
+from refsim.fedavg.loop import encode_decode, run_fedavg, run_round, sample_clients
+from refsim.fedavg.metrics import (History, RoundMetrics, evaluate, federated_evaluate,
+                                   metrics_csv, metrics_jsonl, rounds_to_targets)
+from refsim.fedavg.server import init_server_state, server_update, weighted_average
+
+__all__ = [
+    "FedAvgConfig", "ServerOptConfig", "ServerOpt", "Weighting", "NanPolicy", "DType",
+    "InitScheme", "clients_per_round",
+    "ClientHParams", "NonFiniteUpdateError", "client_update",
+    "weighted_average", "init_server_state", "server_update",
+    "FedData", "from_images", "holdout_split",
+    "sample_clients", "encode_decode", "run_round", "run_fedavg",
+    "History", "RoundMetrics", "evaluate", "federated_evaluate", "metrics_csv", "metrics_jsonl",
+    "rounds_to_targets",
+]

@@ -1,0 +1,244 @@
+"""The frozen, validated configuration of a FederatedAveraging run.
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS 2017, arXiv:1602.05629, Algorithm 1. The paper's hyperparameters map to fields as
+
+    C  -> ``fraction``      (m = max(floor(C * K), 1) clients per round; C = 0 means one client)
+    E  -> ``epochs``        local epochs
+    B  -> ``batch_size``    local minibatch size; None is the paper's B = infinity (whole client)
+    eta -> ``lr``           client learning rate (optionally decayed per round, ``lr_decay``)
+
+K (the number of clients) is not a field: it is the length of the partition the run is given.
+The server step is ``w <- w - server_opt(-mean delta)``; :class:`ServerOptConfig` with
+``ServerOpt.SGD`` and ``lr=1.0`` is exactly FedAvg. Everything is validated once, in
+``__post_init__``; errors name the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refsim.compress import Codec
+
+__all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerOptConfig",
+           "FedAvgConfig", "clients_per_round"]
+
+
+class Weighting(enum.Enum):
+    """How client updates are weighted in the server average.
+
+    EXAMPLES  weight n_k = number of training examples of client k (the paper; TFF's
+              ``build_weighted_fed_avg``; Flower's ``FedAvg``).
+    UNIFORM   weight 1 per reporting client (TFF's ``build_unweighted_fed_avg``).
+    """
+    EXAMPLES = "examples"
+    UNIFORM = "uniform"
+
+
+class NanPolicy(enum.Enum):
+    """What happens to a client update containing NaN or Inf (never averaged in silently).
+
+    RAISE  the round fails with :class:`refsim.fedavg.client.NonFiniteUpdateError` naming the
+           round and the client (the default).
+    DROP   the client is left out of the average and recorded in the round's ``dropped`` list.
+    """
+    RAISE = "raise"
+    DROP = "drop"
+
+
+class DType(enum.Enum):
+    """Float type of parameters, data and updates (float64 for oracle-grade runs)."""
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+    @property
+    def np(self) -> np.dtype:
+        return np.dtype(self.value)
+
+
+class InitScheme(enum.Enum):
+    """``Model.init`` scheme: KERAS (glorot_uniform, zero bias) or TORCH (PyTorch defaults)."""
+    KERAS = "keras"
+    TORCH = "torch"
+
+
+class ServerOpt(enum.Enum):
+    """The server optimizer applied to the pseudo-gradient g = -mean delta.
+
+    SGD       w <- w - lr * g                               (lr = 1: FedAvg)
+    MOMENTUM  v <- momentum * v + g;  w <- w - lr * v       (FedAvgM, Hsu et al. 2019,
+                                                             arXiv:1909.06335; Flower FedAvgM)
+    ADAM, YOGI, ADAGRAD   FedAdam / FedYogi / FedAdagrad (Reddi et al., ICLR 2021,
+              arXiv:2003.00295, Algorithm 2) on Delta = -g; formulas in ``server.py``.
+    """
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+    YOGI = "yogi"
+    ADAGRAD = "adagrad"
+
+
+def _check_real(name: str, value: object, lo: float, hi: float, lo_open: bool = False,
+                hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    bad = (not math.isfinite(v) or (v <= lo if lo_open else v < lo)
+           or (v >= hi if hi_open else v > hi))
+    if bad:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+    return v
+
+
+def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < lo or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return int(value)
+
+
+def _check_enum(name: str, value: object, cls: type) -> None:
+    if not isinstance(value, cls):
+        allowed = ", ".join(f"{cls.__name__}.{m.name}" for m in cls)
+        raise TypeError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerOptConfig:
+    """Server optimizer and its hyperparameters (see ``server.py`` for the formulas).
+
+    kind; lr in (0, inf) (Reddi et al.'s eta); momentum in [0, 1) (MOMENTUM only);
+    beta1, beta2 in [0, 1) and tau in (0, inf) (ADAM / YOGI / ADAGRAD; ADAGRAD uses beta1 only);
+    bias_correction (ADAM only): scale lr as Flower's ``FedAdam`` does (off: the paper).
+    The constructors :meth:`fedadam`, :meth:`fedyogi`, :meth:`fedadagrad` give Flower's
+    defaults.
+    """
+    kind: ServerOpt = ServerOpt.SGD
+    lr: float = 1.0
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-9
+    bias_correction: bool = False
+
+    def __post_init__(self):
+        _check_enum("server.kind", self.kind, ServerOpt)
+        _check_real("server.lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_real("server.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _check_real("server.beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        _check_real("server.beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        _check_real("server.tau", self.tau, 0.0, math.inf, lo_open=True, hi_open=True)
+        if not isinstance(self.bias_correction, bool):
+            raise TypeError("server.bias_correction must be a bool")
+        if self.kind is not ServerOpt.MOMENTUM and self.momentum != 0.0:
+            raise ValueError(f"server.momentum must be 0 with ServerOpt.{self.kind.name} "
+                             "(use ServerOpt.MOMENTUM for FedAvgM)")
+        if self.bias_correction and self.kind is not ServerOpt.ADAM:
+            raise ValueError("server.bias_correction applies to ServerOpt.ADAM only")
+
+    @classmethod
+    def fedadam(cls, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99,
+                tau: float = 1e-9, bias_correction: bool = True) -> "ServerOptConfig":
+        """Flower ``FedAdam`` defaults (eta 0.1, beta_1 0.9, beta_2 0.99, tau 1e-9)."""
+        return cls(ServerOpt.ADAM, lr, 0.0, beta1, beta2, tau, bias_correction)
+
+    @classmethod
+    def fedyogi(cls, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99,
+                tau: float = 1e-3) -> "ServerOptConfig":
+        """Flower ``FedYogi`` defaults (eta 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3)."""
+        return cls(ServerOpt.YOGI, lr, 0.0, beta1, beta2, tau)
+
+    @classmethod
+    def fedadagrad(cls, lr: float = 0.1, tau: float = 1e-9) -> "ServerOptConfig":
+        """Flower ``FedAdagrad`` defaults (eta 0.1, tau 1e-9; beta_1 fixed to 0)."""
+        return cls(ServerOpt.ADAGRAD, lr, 0.0, 0.0, 0.99, tau)
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """Hyperparameters of one FedAvg run (see the module docstring for the paper's names).
+
+    >>> cfg = FedAvgConfig(fraction=0.1, epochs=1, batch_size=10, lr=0.1, rounds=5)
+    >>> clients_per_round(cfg.fraction, 100), cfg.dtype.np
+    (10, dtype('float32'))
+    >>> FedAvgConfig(fraction=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: fraction must be in [0.0, 1.0], got 1.5
+    """
+    fraction: float = 0.1                 # C in [0, 1]
+    epochs: int = 1                       # E >= 1
+    batch_size: int | None = 10           # B >= 1, or None (whole client)
+    lr: float = 0.1                       # client learning rate, > 0
+    lr_decay: float = 1.0                 # round t (1-based) uses lr * lr_decay**(t - 1)
+    rounds: int = 1                       # T >= 1
+    weighting: Weighting = Weighting.EXAMPLES
+    server: ServerOptConfig = field(default_factory=ServerOptConfig)
+    codec: Codec | None = None            # uplink codec; None: raw updates
+    eval_every: int = 1                   # centralized test metrics every k rounds (and last)
+    eval_holdout: float = 0.0             # fraction of each client held out for federated eval
+    seed: int = 0                         # in [0, 2**32)
+    dtype: DType = DType.FLOAT32
+    init: InitScheme = InitScheme.KERAS
+    nan_policy: NanPolicy = NanPolicy.RAISE
+
+    def __post_init__(self):
+        _check_real("fraction", self.fraction, 0.0, 1.0)
+        _check_int("epochs", self.epochs, 1)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1)
+        _check_real("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_real("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
+        _check_int("rounds", self.rounds, 1)
+        _check_enum("weighting", self.weighting, Weighting)
+        if not isinstance(self.server, ServerOptConfig):
+            raise TypeError(f"server must be a ServerOptConfig, got {type(self.server).__name__}")
+        if self.codec is not None and not isinstance(self.codec, Codec):
+            raise TypeError(f"codec must be a refsim.compress.Codec or None, "
+                            f"got {type(self.codec).__name__}")
+        _check_int("eval_every", self.eval_every, 1)
+        _check_real("eval_holdout", self.eval_holdout, 0.0, 1.0, hi_open=True)
+        _check_int("seed", self.seed, 0, 2**32 - 1)
+        _check_enum("dtype", self.dtype, DType)
+        _check_enum("init", self.init, InitScheme)
+        _check_enum("nan_policy", self.nan_policy, NanPolicy)
+
+    def client_lr(self, round_: int) -> float:
+        """The client learning rate of round ``round_`` (1-based): lr * lr_decay**(round - 1)."""
+        return self.lr * self.lr_decay ** (round_ - 1)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description (enums by value; the codec by its repr)."""
+        out = {}
+        for name in self.__dataclass_fields__:
+            v = getattr(self, name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, ServerOptConfig):
+                v = {"kind": v.kind.value, "lr": v.lr, "momentum": v.momentum,
+                     "beta1": v.beta1, "beta2": v.beta2, "tau": v.tau,
+                     "bias_correction": v.bias_correction}
+            elif isinstance(v, Codec):
+                v = repr(v)
+            out[name] = v
+        return out
+
+
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """m = max(floor(C * K), 1) (Algorithm 1: "m <- max(C * K, 1)").
+
+    floor(C * K) is computed as ``math.floor(C * K)`` in float64; e.g. C = 0.1, K = 100 gives 10.
+
+    >>> clients_per_round(0.0, 100), clients_per_round(0.1, 100), clients_per_round(0.15, 10)
+    (1, 10, 1)
+    """
+    k = _check_int("num_clients (K)", num_clients, 1)
+    return max(math.floor(fraction * k), 1)

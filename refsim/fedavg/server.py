@@ -1,0 +1,120 @@
+"""The server side of FederatedAveraging: the weighted mean of the updates and the server step.
+
+McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1, server loop:
+
+    w_{t+1} <- sum_{k in S_t} (n_k / n) w^k_{t+1},   n = sum_{k in S_t} n_k
+
+Written with updates delta_k = w^k_{t+1} - w_t this is w_{t+1} = w_t + sum(n_k delta_k) / n,
+i.e. a server SGD step with learning rate 1 on the pseudo-gradient g = -mean delta
+(Reddi et al., "Adaptive Federated Optimization", ICLR 2021, arXiv:2003.00295, Algorithm 1).
+``server_update`` generalises the step to ``w <- w - server_opt(g)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from refsim.fedavg.config import ServerOpt, ServerOptConfig
+
+__all__ = ["weighted_average", "init_server_state", "server_update"]
+
+
+def weighted_average(updates: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """sum(n_k * x_k) / sum(n_k), accumulated in float64 in list order, cast to the updates' dtype.
+
+    Parameters
+    ----------
+    updates : sequence of ndarray, each shape (P,), one dtype
+    weights : sequence of non-negative numbers n_k, one per update
+
+    Returns
+    -------
+    ndarray, shape (P,), dtype of the updates
+
+    Raises ValueError when the lists are empty or differ in length, a weight is negative or
+    not finite, or sum(n_k) == 0 (no silent 0/0: a round where nobody reported is an error).
+    The sum is formed in float64 one client at a time, in the order given (the loop passes
+    clients in ascending id), then divided once, then cast; another implementation that sums
+    in float64 in the same order gets the same bits.
+
+    >>> weighted_average([np.array([1.0, 0.0]), np.array([4.0, 3.0])], [1, 2])
+    array([3., 2.])
+    """
+    if len(updates) == 0 or len(updates) != len(weights):
+        raise ValueError(f"weighted_average needs one weight per update and at least one update, "
+                         f"got {len(updates)} updates and {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)  # (M,)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+    total_weight = float(w.sum())
+    if total_weight == 0.0:
+        raise ValueError("weighted_average: the total weight sum(n_k) is 0")
+    dtype = updates[0].dtype
+    total = np.zeros(updates[0].shape, dtype=np.float64)  # (P,)
+    for n_k, x_k in zip(w, updates):
+        if x_k.shape != total.shape or x_k.dtype != dtype:
+            raise ValueError(f"updates differ in shape or dtype: {x_k.shape} {x_k.dtype} vs "
+                             f"{total.shape} {dtype}")
+        total += n_k * x_k.astype(np.float64)  # (P,)
+    return (total / total_weight).astype(dtype)  # (P,)
+
+
+def init_server_state(opt: ServerOptConfig, params: np.ndarray) -> dict[str, np.ndarray]:
+    """The optimizer state before round 1: {} for SGD, {"v": 0} for momentum, {"m": 0, "v": 0}
+    (each (P,), dtype of params) for ADAM / YOGI / ADAGRAD.
+
+    Zero moments are Flower's choice; Reddi et al. (Algorithm 2) allow v_{-1} >= tau^2.
+    """
+    if opt.kind is ServerOpt.MOMENTUM:
+        return {"v": np.zeros_like(params)}
+    if opt.kind in (ServerOpt.ADAM, ServerOpt.YOGI, ServerOpt.ADAGRAD):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+    return {}
+
+
+def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, np.ndarray],
+                  opt: ServerOptConfig, round_: int = 1
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One server step on the pseudo-gradient g = -mean_delta: returns (w_{t+1}, new state).
+
+    SGD:       w <- w - lr * g            (lr = 1 gives w + mean_delta: FedAvg exactly)
+    MOMENTUM:  v <- momentum * v + g;  w <- w - lr * v   (Flower ``FedAvgM``; TFF's
+               ``build_sgdm(learning_rate, momentum)`` server optimizer gives the same iterates
+               for a constant learning rate)
+
+    Adaptive (Reddi et al. 2021, Algorithm 2), with Delta = mean_delta = -g and t = ``round_``:
+        m <- beta1 * m + (1 - beta1) * Delta
+        ADAM:     v <- beta2 * v + (1 - beta2) * Delta^2
+        YOGI:     v <- v - (1 - beta2) * Delta^2 * sign(v - Delta^2)
+        ADAGRAD:  v <- v + Delta^2
+        w <- w + eta_t * m / (sqrt(v) + tau)
+    with eta_t = lr, except ADAM with ``bias_correction``: eta_t = lr * sqrt(1 - beta2^(t+1)) /
+    (1 - beta1^(t+1)), exactly Flower's ``FedAdam`` (its exponent is server_round + 1, one more
+    than Kingma & Ba's, with server_round starting at 1). These are the formulas of Flower's
+    ``FedAdam`` / ``FedYogi`` / ``FedAdagrad``; TFF's ``build_adam`` etc. are not checked here.
+
+    Arithmetic is in the dtype of params (scalars cast to it); inputs are not modified.
+    """
+    dt = params.dtype.type
+    g = -mean_delta  # (P,)
+    if opt.kind is ServerOpt.SGD:
+        return params - dt(opt.lr) * g, {}
+    if opt.kind is ServerOpt.MOMENTUM:
+        v = dt(opt.momentum) * state["v"] + g  # (P,)
+        return params - dt(opt.lr) * v, {"v": v}
+    d = mean_delta  # (P,) Reddi et al.'s Delta_t
+    b1, b2 = dt(opt.beta1), dt(opt.beta2)
+    m = b1 * state["m"] + (dt(1) - b1) * d  # (P,)
+    d2 = d * d  # (P,)
+    if opt.kind is ServerOpt.ADAM:
+        v = b2 * state["v"] + (dt(1) - b2) * d2
+    elif opt.kind is ServerOpt.YOGI:
+        v = state["v"] - (dt(1) - b2) * d2 * np.sign(state["v"] - d2)
+    else:
+        v = state["v"] + d2
+    eta = opt.lr
+    if opt.bias_correction:
+        eta = opt.lr * np.sqrt(1 - opt.beta2 ** (round_ + 1.0)) / (1 - opt.beta1 ** (round_ + 1.0))
+    return params + dt(eta) * m / (np.sqrt(v) + dt(opt.tau)), {"m": m, "v": v}
