@@ -10,8 +10,8 @@ follow a power law. alpha controls how much the local models differ, beta the lo
 Deviations, each matching the authors' generator (github.com/litian96/FedProx,
 ``data/synthetic_*/generate_synthetic.py``) where the paper is silent or differs:
 
-* alpha and beta are used as *standard deviations* (``normal(0, alpha)`` from NumPy's legacy global generator there),
-  although the paper writes N(0, alpha).
+* alpha and beta are used as *standard deviations* (``normal(0, alpha)`` from NumPy's
+  legacy global generator there), although the paper writes N(0, alpha).
 * sizes: ``lognormal(4, 2).astype(int) + 50`` per device (the "power law" of the paper).
 * Synthetic-IID (``iid=True``): one W, b ~ N(0, 1) shared by all devices and v_k = 0.
 * argmax(softmax(z)) is computed as argmax(z) (softmax is monotone; ties go to the lower class).
