@@ -32,6 +32,7 @@ from refsim.data import load_mnist, partition
 from refsim.fedavg import (DType, FedAvgConfig, InitScheme, NanPolicy, NonFiniteUpdateError,
                            ServerOpt, ServerOptConfig, Weighting, from_images, metrics_csv,
                            metrics_jsonl, rounds_to_targets, run_fedavg)
+from refsim.fedavg.config import check_int
 from refsim.nn import cnn_cifar, cnn_mnist, logistic, mlp_2nn
 
 MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
@@ -127,10 +128,10 @@ def _check_choice(key, value, allowed):
 
 
 def _check_int(key, value, lo, hi=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
-            hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise UsageError(f"{_flag(key)}: must be an integer {rng}, got {value!r}")
+    try:
+        check_int(key, value, lo, hi)
+    except (TypeError, ValueError) as e:  # the config's own check, reported against the flag
+        raise UsageError(f"{_flag(key)}: {e}") from None
 
 
 def _settings(args: argparse.Namespace) -> dict:

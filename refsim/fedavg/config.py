@@ -26,7 +26,7 @@ import numpy as np
 from refsim.compress import Codec
 
 __all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerOptConfig",
-           "FedAvgConfig", "clients_per_round"]
+           "FedAvgConfig", "clients_per_round", "check_int"]
 
 
 class Weighting(enum.Enum):
@@ -96,7 +96,9 @@ def _check_real(name: str, value: object, lo: float, hi: float, lo_open: bool = 
     return v
 
 
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int; TypeError unless an integer, ValueError outside [lo, hi] (hi None:
+    no upper bound). The one integer check of the config, also used by ``refsim run``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < lo or (hi is not None and value > hi):
@@ -192,21 +194,21 @@ class FedAvgConfig:
 
     def __post_init__(self):
         _check_real("fraction", self.fraction, 0.0, 1.0)
-        _check_int("epochs", self.epochs, 1)
+        check_int("epochs", self.epochs, 1)
         if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size, 1)
+            check_int("batch_size", self.batch_size, 1)
         _check_real("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
         _check_real("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
-        _check_int("rounds", self.rounds, 1)
+        check_int("rounds", self.rounds, 1)
         _check_enum("weighting", self.weighting, Weighting)
         if not isinstance(self.server, ServerOptConfig):
             raise TypeError(f"server must be a ServerOptConfig, got {type(self.server).__name__}")
         if self.codec is not None and not isinstance(self.codec, Codec):
             raise TypeError(f"codec must be a refsim.compress.Codec or None, "
                             f"got {type(self.codec).__name__}")
-        _check_int("eval_every", self.eval_every, 1)
+        check_int("eval_every", self.eval_every, 1)
         _check_real("eval_holdout", self.eval_holdout, 0.0, 1.0, hi_open=True)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         _check_enum("dtype", self.dtype, DType)
         _check_enum("init", self.init, InitScheme)
         _check_enum("nan_policy", self.nan_policy, NanPolicy)
@@ -240,5 +242,5 @@ def clients_per_round(fraction: float, num_clients: int) -> int:
     >>> clients_per_round(0.0, 100), clients_per_round(0.1, 100), clients_per_round(0.15, 10)
     (1, 10, 1)
     """
-    k = _check_int("num_clients (K)", num_clients, 1)
+    k = check_int("num_clients (K)", num_clients, 1)
     return max(math.floor(fraction * k), 1)
