@@ -1,4 +1,4 @@
-"""``refsim run`` (refsim/cli.py): tiny runs, byte-identical reruns, TOML configs, bad flags."""
+"""``refsim run`` (refsim/cli/run.py): tiny runs, byte-identical reruns, TOML configs, bad flags."""
 
 import importlib.util
 import json
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from refsim import cli
+from refsim.cli import run_settings
 
 TINY = ["--rounds", "2", "--clients", "10", "--train-limit", "1000", "--test-limit", "200",
         "--quiet", "--plot", "no"]
@@ -132,10 +133,10 @@ def test_toml_config_and_flag_precedence(tmp_path, capsys):
                                   "mnist_cnn_noniid"])
 def test_shipped_configs_are_valid(name):
     args = cli.build_parser().parse_args(["run", "--config", name])
-    s = cli._settings(args)
+    s = run_settings.settings(args)
     assert s["model"] in ("2nn", "cnn") and s["clients"] == 100 and s["fraction"] == 0.1
     for codec in s["codec"]:
-        assert cli._config(s, codec).batch_size == 10
+        assert run_settings.make_config(s, codec).batch_size == 10
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None,

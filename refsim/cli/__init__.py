@@ -1,0 +1,29 @@
+"""The ``refsim`` command line: the only package that prints, reads files it is not handed by
+path, and turns errors into exit codes. One module per subcommand:
+
+``refsim info``   version, backends, models (``info.py``)
+``refsim run``    FedAvg on the embedded MNIST, the main job (``run.py``, ``run_settings.py``)
+"""
+
+from __future__ import annotations
+
+from refsim.cli import info, run
+from refsim.cli._common import ArgParser
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> ArgParser:
+    """The ``refsim`` parser with every subcommand registered."""
+    parser = ArgParser(prog="refsim", description="refsim: a transparent reference simulator "
+                                                  "for federated learning")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+    for module in (info, run):
+        module.add_subcommand(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,223 @@
+"""The settings of ``refsim run``: defaults, TOML files, flags, their checks, and the objects
+they build (``FedAvgConfig``, the partition).
+
+Precedence: defaults < ``--config`` TOML file < explicit flags. Every key of ``RUN_DEFAULTS`` is
+both a flag (``batch_size`` -> ``--batch-size``) and a TOML key. A bad value raises
+:class:`UsageError` naming the flag and the allowed range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from importlib import resources
+
+import numpy as np
+
+from refsim.backend import Purpose, make_rng
+from refsim.cli._common import UsageError, flag
+from refsim.compress import Codec, QuantizerConfig
+from refsim.data import partition
+from refsim.fedavg import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
+                           ServerOptConfig, Weighting)
+from refsim.fedavg.config import check_int
+from refsim.nn import cnn_mnist, logistic, mlp_2nn
+
+__all__ = ["RUN_DEFAULTS", "MODELS", "settings", "make_config", "make_partition", "default_out",
+           "add_arguments"]
+
+MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
+PARTITIONS = ("iid", "shards")
+CODECS = ("float", "quant", "quant-huffman")
+
+# The defaults of ``refsim run`` (the comparison); every key is also a flag and a TOML key.
+RUN_DEFAULTS = {
+    "model": "2nn", "partition": ["iid", "shards"], "codec": ["float", "quant-huffman"],
+    "clients": 100, "shards_per_client": 2, "fraction": 0.1, "epochs": 1, "batch_size": 10,
+    "lr": 0.1, "lr_decay": 1.0, "rounds": 50, "weighting": "examples", "server_opt": "sgd",
+    "server_lr": 1.0, "server_momentum": 0.0, "server_beta1": 0.9, "server_beta2": 0.99,
+    "server_tau": 1e-9, "server_bias_correction": False, "bits": 8, "eval_every": 1, "eval_holdout": 0.0, "seed": 0,
+    "dtype": "float32", "init": "keras", "nan_policy": "raise", "train_limit": None,
+    "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
+    "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
+}
+# The flag that sets each FedAvgConfig field (validation errors name the flag).
+FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--batch-size",
+               "lr": "--lr", "lr_decay": "--lr-decay", "rounds": "--rounds",
+               "eval_every": "--eval-every", "eval_holdout": "--eval-holdout", "seed": "--seed", "server.lr": "--server-lr",
+               "server.momentum": "--server-momentum", "server.beta1": "--server-beta1",
+               "server.beta2": "--server-beta2", "server.tau": "--server-tau",
+               "server.bias_correction": "--server-bias-correction", "bits": "--bits"}
+
+
+# -- refsim run: settings ----------------------------------------------------------------------
+
+def _batch_size(text):
+    """B as a flag or TOML value: a positive integer, or "inf" / "none" (whole client)."""
+    if isinstance(text, str) and text.lower() in ("inf", "none"):
+        return None
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'inf', got {text!r}")
+
+
+def _load_toml(path: str) -> dict:
+    """Settings from a TOML file, or from a shipped config named without ``.toml``."""
+    if not os.path.exists(path) and not path.endswith(".toml"):
+        shipped = resources.files("refsim.fedavg") / "configs" / f"{path}.toml"
+        if shipped.is_file():
+            return tomllib.loads(shipped.read_text())
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"--config: cannot read {path!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--config: {path}: invalid TOML: {e}") from None
+    for key in table:
+        if key not in RUN_DEFAULTS or key == "config":
+            raise UsageError(f"--config: {path}: unknown key {key!r} (allowed: "
+                             f"{', '.join(sorted(RUN_DEFAULTS))})")
+    return table
+
+
+def _check_choice(key, value, allowed):
+    if value not in allowed:
+        raise UsageError(f"{flag(key)}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_int(key, value, lo, hi=None):
+    try:
+        check_int(key, value, lo, hi)
+    except (TypeError, ValueError) as e:  # the config's own check, reported against the flag
+        raise UsageError(f"{flag(key)}: {e}") from None
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """defaults < TOML file < explicit flags, then every value checked (UsageError)."""
+    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    s = dict(RUN_DEFAULTS)
+    if getattr(args, "config", None):
+        s.update(_load_toml(args.config))
+    s.update(explicit)
+    if not isinstance(s["batch_size"], (int, type(None))) or isinstance(s["batch_size"], bool):
+        try:
+            s["batch_size"] = _batch_size(s["batch_size"])
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--batch-size: {e}") from None
+    _check_choice("model", s["model"], tuple(MODELS))
+    for key, allowed in (("partition", PARTITIONS), ("codec", CODECS)):
+        if isinstance(s[key], str):
+            s[key] = [s[key]]
+        if not s[key]:
+            raise UsageError(f"{flag(key)}: give at least one of {', '.join(allowed)}")
+        for v in s[key]:
+            _check_choice(key, v, allowed)
+    for key, enum in (("weighting", Weighting), ("server_opt", ServerOpt), ("dtype", DType),
+                      ("init", InitScheme), ("nan_policy", NanPolicy)):
+        _check_choice(key, s[key], tuple(m.value for m in enum))
+    _check_choice("plot", s["plot"], ("auto", "yes", "no"))
+    _check_int("clients", s["clients"], 1)
+    _check_int("shards_per_client", s["shards_per_client"], 1)
+    _check_int("bits", s["bits"], 1, 16)
+    _check_int("trace_every", s["trace_every"], 1)
+    for key in ("train_limit", "test_limit"):
+        if s[key] is not None:
+            _check_int(key, s[key], 1)
+    if not isinstance(s["targets"], list) or not all(
+            isinstance(t, (int, float)) and 0 < t <= 1 for t in s["targets"]):
+        raise UsageError(f"--targets: accuracies in (0, 1], got {s['targets']!r}")
+    return s
+
+
+def make_config(s: dict, codec_kind: str) -> FedAvgConfig:
+    """FedAvgConfig from settings; a config error becomes a UsageError naming the flag."""
+    try:
+        codec = {
+            "float": Codec(None),
+            "quant": Codec(QuantizerConfig(s["bits"], stochastic=True)),
+            "quant-huffman": Codec(QuantizerConfig(s["bits"], stochastic=True), huffman=True),
+        }[codec_kind]
+        server = ServerOptConfig(ServerOpt(s["server_opt"]), s["server_lr"], s["server_momentum"],
+                                 s["server_beta1"], s["server_beta2"], s["server_tau"],
+                                 s["server_bias_correction"])
+        return FedAvgConfig(
+            fraction=s["fraction"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
+            lr_decay=s["lr_decay"], rounds=s["rounds"], weighting=Weighting(s["weighting"]),
+            server=server, codec=codec, eval_every=s["eval_every"],
+            eval_holdout=s["eval_holdout"], seed=s["seed"],
+            dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
+            nan_policy=NanPolicy(s["nan_policy"]))
+    except (ValueError, TypeError) as e:
+        field = str(e).split(" ")[0]
+        raise UsageError(f"{FIELD_FLAGS.get(field, field)}: {e}") from None
+
+
+def make_partition(kind: str, s: dict, labels: np.ndarray) -> list[np.ndarray]:
+    rng = make_rng(s["seed"], Purpose.PARTITION)
+    try:
+        if kind == "iid":
+            return partition.iid(labels, s["clients"], rng)
+        return partition.shards(labels, s["clients"], s["shards_per_client"], rng)
+    except ValueError as e:
+        raise UsageError(f"--clients/--shards-per-client/--train-limit: {e}") from None
+
+
+def default_out(s: dict) -> str:
+    b = "inf" if s["batch_size"] is None else s["batch_size"]
+    return os.path.join("runs", f"mnist-{s['model']}-K{s['clients']}-C{s['fraction']}-"
+                                f"E{s['epochs']}-B{b}-lr{s['lr']}-seed{s['seed']}")
+
+
+
+
+def add_arguments(run: argparse.ArgumentParser) -> None:
+    """The flags of ``refsim run`` (all default to absent, see ``settings``)."""
+    S = argparse.SUPPRESS  # absent unless given, so that --config values are not overridden
+    d = RUN_DEFAULTS
+    add = run.add_argument
+    add("--config", default=None, help="TOML file of settings (keys = flag names with _), or a "
+        "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid")
+    add("--model", default=S, choices=tuple(MODELS), help=f"default {d['model']}")
+    add("--partition", default=S, nargs="+", choices=PARTITIONS,
+        help="iid and/or shards (pathological non-IID); default both")
+    add("--codec", default=S, nargs="+", choices=CODECS,
+        help="uplink: float (raw), quant (b-bit stochastic, bit-packed), quant-huffman; "
+             "default float quant-huffman")
+    add("--clients", default=S, type=int, help="K >= 1 (default 100)")
+    add("--shards-per-client", default=S, type=int, help="shards partition (default 2)")
+    add("--fraction", default=S, type=float, help="C in [0, 1] (default 0.1)")
+    add("--epochs", default=S, type=int, help="E >= 1 (default 1)")
+    add("--batch-size", default=S, type=_batch_size, help="B >= 1 or 'inf' (default 10)")
+    add("--lr", default=S, type=float, help="client learning rate > 0 (default 0.1)")
+    add("--lr-decay", default=S, type=float, help="per-round factor in (0, 1] (default 1)")
+    add("--rounds", default=S, type=int, help=f"T >= 1 (default {d['rounds']})")
+    add("--weighting", default=S, choices=[w.value for w in Weighting])
+    add("--server-opt", default=S, choices=[o.value for o in ServerOpt])
+    add("--server-lr", default=S, type=float, help="> 0 (default 1.0: FedAvg)")
+    add("--server-momentum", default=S, type=float, help="in [0, 1) (momentum only)")
+    add("--server-beta1", default=S, type=float, help="in [0, 1) (adam/yogi/adagrad; 0.9)")
+    add("--server-beta2", default=S, type=float, help="in [0, 1) (adam/yogi; 0.99)")
+    add("--server-tau", default=S, type=float, help="> 0 (adam/yogi/adagrad; 1e-9)")
+    add("--server-bias-correction", default=S, action="store_true",
+        help="adam: Flower FedAdam's bias-corrected server learning rate")
+    add("--bits", default=S, type=int, help="quantizer bits in [1, 16] (default 8)")
+    add("--eval-every", default=S, type=int, help="test-set evaluation cadence (default 1)")
+    add("--eval-holdout", default=S, type=float,
+        help="fraction in [0, 1) of each client held out for federated evaluation (default 0)")
+    add("--seed", default=S, type=int, help="in [0, 2**32) (default 0)")
+    add("--dtype", default=S, choices=[t.value for t in DType])
+    add("--init", default=S, choices=[t.value for t in InitScheme])
+    add("--nan-policy", default=S, choices=[t.value for t in NanPolicy])
+    add("--train-limit", default=S, type=int, help="use the first N training examples")
+    add("--test-limit", default=S, type=int, help="use the first M test examples")
+    add("--targets", default=S, type=float, nargs="+", help="accuracy targets (0.95 0.97)")
+    add("--out", default=S, help="run directory (default runs/<settings>)")
+    add("--trace", default=S, action="store_true", help="write trace/ for replay")
+    add("--trace-every", default=S, type=int, help="weights in the trace every k rounds")
+    add("--resume", default=S, action="store_true", help="continue from checkpoint.npz")
+    add("--quiet", default=S, action="store_true", help="no per-round lines")
+    add("--plot", default=S, choices=("auto", "yes", "no"),
+        help="PNG plots (needs pip install 'refsim[plot]'); auto: when available")
