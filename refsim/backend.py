@@ -50,6 +50,7 @@ class Purpose(enum.IntEnum):
     QUANTIZE       4     (round, client)            stochastic-rounding seeds
     EVAL_SPLIT     5     (client,)                  a client's held-out examples
     DATA           6     ()                         synthetic data generation
+    BROADCAST      7     (round,)                   downlink stochastic rounding
     ============== ===== ==================================================
     """
 
@@ -60,6 +61,7 @@ class Purpose(enum.IntEnum):
     QUANTIZE = 4
     EVAL_SPLIT = 5
     DATA = 6
+    BROADCAST = 7
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -74,6 +76,7 @@ _KEY_NAMES: dict[Purpose, tuple[str, ...]] = {
     Purpose.QUANTIZE: ("round", "client"),
     Purpose.EVAL_SPLIT: ("client",),
     Purpose.DATA: (),
+    Purpose.BROADCAST: ("round",),
 }
 
 

@@ -20,6 +20,8 @@ def test_streams_differ_by_purpose_and_keys():
         (Purpose.CLIENT_SAMPLE, 1): make_rng(1, Purpose.CLIENT_SAMPLE, 1).random(),
         (Purpose.BATCH_ORDER, 0, 0, 0): make_rng(1, Purpose.BATCH_ORDER, 0, 0, 0).random(),
         (Purpose.BATCH_ORDER, 0, 1, 0): make_rng(1, Purpose.BATCH_ORDER, 0, 1, 0).random(),
+        (Purpose.QUANTIZE, 1, 0): make_rng(1, Purpose.QUANTIZE, 1, 0).random(),
+        (Purpose.BROADCAST, 1): make_rng(1, Purpose.BROADCAST, 1).random(),
     }
     assert len(set(draws.values())) == len(draws)
     assert make_rng(2, Purpose.INIT).random() != draws[(Purpose.INIT,)]

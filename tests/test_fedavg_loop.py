@@ -89,7 +89,7 @@ def test_codec_in_the_loop_counts_exact_encoded_bits():
     w0 = h.initial_params
     bits, received = 0, []
     for k in r.clients:
-        delta, n_k = client_update(w0, data.x_train, data.y_train, parts[k],
+        delta, n_k, *_ = client_update(w0, data.x_train, data.y_train, parts[k],
                                    ClientHParams(model, 2, 8, 0.1), 0, 1, k)
         tensors = [delta[:7840].reshape(784, 10), delta[7840:]]
         blob = codec.encode(tensors, seed=quantize_key(0, 1, k))
@@ -116,9 +116,9 @@ class _PoisonedLogistic:
     def forward(self, params, x):
         return self._m.forward(params, x)
 
-    def loss_and_grad(self, params, x, y):
-        loss, g = self._m.loss_and_grad(params, x, y)
-        return loss, (np.full_like(g, np.nan) if (y == 7).all() else g)
+    def loss_grad_and_logits(self, params, x, y):
+        loss, g, logits = self._m.loss_grad_and_logits(params, x, y)
+        return loss, (np.full_like(g, np.nan) if (y == 7).all() else g), logits
 
 
 def _poison_partition(data):
@@ -146,8 +146,8 @@ def test_nan_update_is_dropped_and_recorded():
     w0 = h.initial_params
     from refsim.fedavg import ClientHParams, client_update
     hp = ClientHParams(logistic(), 1, 5, 0.1)
-    d0, n0 = client_update(w0, data.x_train, data.y_train, parts[0], hp, 0, 1, 0)
-    d2, n2 = client_update(w0, data.x_train, data.y_train, parts[2], hp, 0, 1, 2)
+    d0, n0, *_ = client_update(w0, data.x_train, data.y_train, parts[0], hp, 0, 1, 0)
+    d2, n2, *_ = client_update(w0, data.x_train, data.y_train, parts[2], hp, 0, 1, 2)
     w1 = w0 + ((n0 * d0.astype(np.float64) + n2 * d2.astype(np.float64)) / (n0 + n2)
                ).astype(np.float32)
     np.testing.assert_array_equal(run_fedavg(FedAvgConfig(

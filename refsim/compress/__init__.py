@@ -21,7 +21,7 @@ from refsim.compress.quantize import (
     quantize,
     quantize_naive,
 )
-from refsim.compress.rng import quantize_key, tensor_key
+from refsim.compress.rng import broadcast_key, quantize_key, tensor_key
 from refsim.compress.tff_bits import tff_round_bits, tff_tensor_bits
 from refsim.compress.topk import TopKConfig, TopKSparse, topk, topk_densify, topk_naive
 
@@ -49,6 +49,7 @@ __all__ = [
     "topk_naive",
     "topk_densify",
     "quantize_key",
+    "broadcast_key",
     "tensor_key",
     "tff_tensor_bits",
     "tff_round_bits",

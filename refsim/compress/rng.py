@@ -38,6 +38,7 @@ __all__ = [
     "uniform_naive",
     "uniform",
     "quantize_key",
+    "broadcast_key",
     "tensor_key",
 ]
 
@@ -113,6 +114,14 @@ def quantize_key(seed: int, round_: int, client: int) -> int:
     """The 64-bit key of client ``client`` in round ``round_``: the first uint64 of
     ``make_rng(seed, Purpose.QUANTIZE, round_, client)``, so each (round, client) is replayable."""
     rng = make_rng(seed, Purpose.QUANTIZE, round_, client)
+    return int(rng.integers(0, 2**64, dtype=np.uint64, endpoint=False))
+
+
+def broadcast_key(seed: int, round_: int) -> int:
+    """The 64-bit key of the server's broadcast in round ``round_`` (a downlink codec): the first
+    uint64 of ``make_rng(seed, Purpose.BROADCAST, round_)``; one key per round, since every
+    sampled client receives the same bytes."""
+    rng = make_rng(seed, Purpose.BROADCAST, round_)
     return int(rng.integers(0, 2**64, dtype=np.uint64, endpoint=False))
 
 

@@ -14,18 +14,27 @@ weighted mean of the w_k exactly in real arithmetic. The batches come from
 ``refsim.data.batching.client_batches`` keyed by (seed, round, client, epoch): epoch e of round t
 visits ``indices[make_rng(seed, Purpose.BATCH_ORDER, t, k, e).permutation(n_k)]`` in slices of B
 (the last, partial batch kept).
+
+Training metrics are accumulated during the local steps, as TFF's ``build_weighted_fed_avg``
+reports them: each minibatch b contributes |b| * (its mean loss) and its number of correct
+argmax predictions, both computed by the forward pass *before* that batch's step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from refsim.backend import to_numpy
+from refsim.compress import Codec
 from refsim.data.batching import client_batches
+from refsim.fedavg.transport import encode_update
 from refsim.nn import Model, sgd_step
 
-__all__ = ["ClientHParams", "NonFiniteUpdateError", "client_update"]
+__all__ = ["ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError",
+           "client_update", "train_client"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,27 @@ class NonFiniteUpdateError(ValueError):
     """A client's update contains NaN or Inf (``NanPolicy.RAISE``)."""
 
 
+class ClientResult(NamedTuple):
+    """What ClientUpdate(k, w) computes.
+
+    delta        (P,) w_k - w, dtype of w
+    num_examples n_k = |P_k| (the weight under ``Weighting.EXAMPLES``)
+    num_batches  E * ceil(n_k / B) local steps taken
+    loss_sum     sum over the local minibatches of |b| * mean loss (float64)
+    num_correct  correct argmax predictions over the same minibatches
+    num_seen     sum of |b| = E * n_k
+    """
+    delta: np.ndarray
+    num_examples: int
+    num_batches: int
+    loss_sum: float
+    num_correct: int
+    num_seen: int
+
+
 def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
-                  hparams: ClientHParams, seed: int, round: int, client: int
-                  ) -> tuple[np.ndarray, int]:
-    """Run ClientUpdate(k, w) and return (delta_k, n_k).
+                  hparams: ClientHParams, seed: int, round: int, client: int) -> ClientResult:
+    """Run ClientUpdate(k, w) and return its :class:`ClientResult`.
 
     Parameters
     ----------
@@ -54,14 +80,49 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     indices : ndarray, shape (n_k,) int   client k's examples (rows of x)
     hparams : ClientHParams
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
-
-    Returns
-    -------
-    delta : ndarray, shape (P,), dtype of params   w_k - w_t
-    n_k : int   number of the client's examples (its weight under ``Weighting.EXAMPLES``)
     """
     w = params.copy()  # (P,)
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     for batch in client_batches(indices, hparams.batch_size, hparams.epochs, seed, round, client):
-        _, grad = hparams.model.loss_and_grad(w, x[batch], y[batch])  # grad: (P,)
+        yb = y[batch]
+        loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[batch], yb)  # grad: (P,)
         w = sgd_step(w, grad, hparams.lr)  # (P,)
-    return w - params, int(len(indices))
+        loss_sum += len(batch) * loss
+        correct += int((logits.argmax(axis=1) == yb).sum())
+        seen += len(batch)
+        steps += 1
+    return ClientResult(w - params, int(len(indices)), steps, loss_sum, correct, seen)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What client k sends the server after round t (``train_client``).
+
+    payload is the encoded update (``transport.encode_update``: codec bytes, or the raw delta
+    without a codec), or None when the update had a NaN or Inf entry (nothing was encoded;
+    the server applies the run's ``NanPolicy``). uplink_bits and entropy_bits are 0 / None then.
+    The other fields are those of :class:`ClientResult`.
+    """
+    client: int
+    num_examples: int
+    num_batches: int
+    loss_sum: float
+    num_correct: int
+    num_seen: int
+    payload: bytes | np.ndarray | None
+    uplink_bits: int
+    entropy_bits: float | None
+
+
+def train_client(client_params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+                 hparams: ClientHParams, codec: Codec | None, seed: int, round_: int,
+                 client: int) -> ClientReport:
+    """Client k's whole part of round t: ClientUpdate from the weights it received, then the
+    uplink encoding of its update (``transport.encode_update``, key (seed, t, k))."""
+    r = client_update(client_params, x, y, indices, hparams, seed, round_, client)
+    delta = to_numpy(r.delta)  # (P,) the codec runs on the host
+    payload, bits, entropy = None, 0, None
+    if np.isfinite(delta).all():
+        payload, bits, entropy = encode_update(codec, hparams.model, delta, seed, round_, client)
+    return ClientReport(client, r.num_examples, r.num_batches, r.loss_sum, r.num_correct,
+                        r.num_seen, payload, bits, entropy)

@@ -28,6 +28,8 @@ from refsim.compress import Codec
 __all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerOptConfig",
            "FedAvgConfig", "clients_per_round", "check_int"]
 
+BACKENDS = ("numpy", "cupy")  # FedAvgConfig.backend; availability is checked by the loop
+
 
 class Weighting(enum.Enum):
     """How client updates are weighted in the server average.
@@ -185,12 +187,14 @@ class FedAvgConfig:
     weighting: Weighting = Weighting.EXAMPLES
     server: ServerOptConfig = field(default_factory=ServerOptConfig)
     codec: Codec | None = None            # uplink codec; None: raw updates
+    downlink: Codec | None = None         # downlink codec of the broadcast weights; None: raw
     eval_every: int = 1                   # centralized test metrics every k rounds (and last)
     eval_holdout: float = 0.0             # fraction of each client held out for federated eval
     seed: int = 0                         # in [0, 2**32)
     dtype: DType = DType.FLOAT32
     init: InitScheme = InitScheme.KERAS
     nan_policy: NanPolicy = NanPolicy.RAISE
+    backend: str = "numpy"                # "numpy" or "cupy" (weights and data on the GPU)
 
     def __post_init__(self):
         _check_real("fraction", self.fraction, 0.0, 1.0)
@@ -203,15 +207,20 @@ class FedAvgConfig:
         _check_enum("weighting", self.weighting, Weighting)
         if not isinstance(self.server, ServerOptConfig):
             raise TypeError(f"server must be a ServerOptConfig, got {type(self.server).__name__}")
-        if self.codec is not None and not isinstance(self.codec, Codec):
-            raise TypeError(f"codec must be a refsim.compress.Codec or None, "
-                            f"got {type(self.codec).__name__}")
+        for name in ("codec", "downlink"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Codec):
+                raise TypeError(f"{name} must be a refsim.compress.Codec or None, "
+                                f"got {type(value).__name__}")
         check_int("eval_every", self.eval_every, 1)
         _check_real("eval_holdout", self.eval_holdout, 0.0, 1.0, hi_open=True)
         check_int("seed", self.seed, 0, 2**32 - 1)
         _check_enum("dtype", self.dtype, DType)
         _check_enum("init", self.init, InitScheme)
         _check_enum("nan_policy", self.nan_policy, NanPolicy)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got "
+                             f"{self.backend!r}")
 
     def client_lr(self, round_: int) -> float:
         """The client learning rate of round ``round_`` (1-based): lr * lr_decay**(round - 1)."""

@@ -17,8 +17,9 @@ refsim's exact choices (each stated where it is made below; all in ``docs/fedavg
 * Rounds are numbered t = 1..T and t is the round key of every stream.
 * S_t = ``np.sort(make_rng(seed, Purpose.CLIENT_SAMPLE, t).choice(K, size=m, replace=False))``:
   clients are processed, encoded and summed in ascending id order.
-* Clients send updates delta_k = w^k_{t+1} - w_t; with a codec, the server averages
-  ``codec.decode(codec.encode(per-tensor views of delta_k, seed=quantize_key(seed, t, k)))``.
+* The server broadcasts w_t, raw or through the downlink codec (``transport.py``); client k
+  trains from what it decoded, w~_t, and sends delta_k = w^k_{t+1} - w~_t, raw or encoded with
+  ``seed=quantize_key(seed, t, k)``; the server averages the decoded deltas.
 * w_{t+1} = server_update(w_t, weighted_average(deltas, n_k)); SGD with lr 1 is the paper.
 """
 
@@ -30,19 +31,19 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from refsim.backend import Purpose, make_rng
-from refsim.compress import QSGDConfig, QuantizerConfig, quantize_key, report, tff_round_bits
-from refsim.data.batching import batch_order, num_batches
-from refsim.fedavg.client import ClientHParams, NonFiniteUpdateError, client_update
-from refsim.fedavg.config import FedAvgConfig, NanPolicy, Weighting, clients_per_round
+from refsim.backend import Purpose, get_xp, make_rng, to_numpy
+from refsim.data.batching import batch_order
+from refsim.fedavg.client import ClientHParams, train_client
+from refsim.fedavg.config import FedAvgConfig, clients_per_round
 from refsim.fedavg.dataset import FedData, holdout_split
 from refsim.fedavg.metrics import History, RoundMetrics, evaluate, federated_evaluate
-from refsim.fedavg.server import init_server_state, server_update, weighted_average
+from refsim.fedavg.server import aggregate_round, init_server_state
+from refsim.fedavg.transport import decode_broadcast, encode_broadcast
 from refsim.fedavg.storage import (FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json,
                                    write_npz)
 from refsim.nn import Model
 
-__all__ = ["sample_clients", "encode_decode", "run_round", "run_fedavg"]
+__all__ = ["sample_clients", "run_round", "finish_round", "run_fedavg"]
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> np.ndarray:
@@ -58,98 +59,63 @@ def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> np.ndarr
     return np.sort(rng.choice(num_clients, size=m, replace=False)).astype(np.int64)
 
 
-def encode_decode(config: FedAvgConfig, model: Model, delta: np.ndarray, round_: int,
-                  client: int) -> tuple[np.ndarray, int, float | None]:
-    """What the server receives from client k, the exact uplink bits, and their entropy bound.
-
-    No codec: delta itself, 8 * itemsize * P bits. With a codec: the update is split into the
-    model's tensors (``model.layout`` order, each reshaped), encoded with
-    ``seed = quantize_key(config.seed, t, k)``, and decoded; bits = 8 * len(bytes). For
-    quantize / QSGD codecs the third value is ``report(bytes).entropy_bound_bits`` (sum over
-    tensors of n * H of the coded symbols); None otherwise.
-    """
-    if config.codec is None:
-        return delta, 8 * delta.itemsize * delta.size, None
-    tensors = [delta[s.offset:s.offset + s.size].reshape(s.shape) for s in model.layout]
-    data = config.codec.encode(tensors, seed=quantize_key(config.seed, round_, client))
-    decoded = np.concatenate([t.ravel() for t in config.codec.decode(data)])  # (P,)
-    entropy = (report(data).entropy_bound_bits
-               if isinstance(config.codec.method, (QuantizerConfig, QSGDConfig)) else None)
-    return decoded.astype(delta.dtype, copy=False), 8 * len(data), entropy
-
-
-def _tff_bits(config: FedAvgConfig, model: Model, reporting: int) -> int | None:
-    """TFF's count for this round (see ``refsim.compress.tff_bits``), where it is comparable."""
-    codec = config.codec
-    if config.dtype.np != np.float32:
-        return None
-    sizes = [s.size for s in model.layout]
-    if codec is None or codec.method is None:
-        return tff_round_bits(sizes, reporting, None)
-    if isinstance(codec.method, QuantizerConfig) and not codec.huffman and codec.block == 1:
-        return tff_round_bits(sizes, reporting, codec.method.bits, codec.threshold)
-    return None
-
-
-def run_round(params: np.ndarray, state: dict, round_: int, config: FedAvgConfig, model: Model,
+def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Model,
               data: FedData, partition: Sequence[np.ndarray]):
     """Round t of Algorithm 1. Returns (w_{t+1}, server state, per-round facts as a dict).
 
-    The dict holds clients, dropped, lr, examples, batches, train_loss, train_accuracy,
-    uplink_bits, tff_uplink_bits, uplink_entropy_bits (the loop adds test metrics and
-    cumulative bits).
+    Composed of the pieces a distributed deployment calls on its own machines
+    (``refsim.flower`` does): ``sample_clients`` and ``encode_broadcast`` on the server,
+    ``decode_broadcast`` and ``train_client`` on each client, ``aggregate_round`` on the server.
+    The dict holds clients, lr, broadcast_bits and the facts of ``aggregate_round`` (the loop
+    adds test metrics and cumulative bits in ``finish_round``).
     """
     K = len(partition)
     m = clients_per_round(config.fraction, K)
     S_t = sample_clients(config.seed, round_, K, m)  # (m,)
     hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_))
-    deltas, weights, dropped = [], [], []
-    n_total, loss_sum, acc_sum, batches, uplink_bits, entropy_bits = 0, 0.0, 0.0, 0, 0, 0.0
-    for k in S_t:
-        k = int(k)
-        idx = partition[k]
-        # Training metrics: the broadcast w_t on client k's examples (metrics.py, deviation note).
-        loss_k, acc_k = evaluate(model, params, data.x_train[idx], data.y_train[idx])
-        delta, n_k = client_update(params, data.x_train, data.y_train, idx, hp,
-                                   config.seed, round_, k)  # ClientUpdate(k, w_t)
-        n_total += n_k
-        loss_sum += n_k * loss_k
-        acc_sum += n_k * acc_k
-        batches += config.epochs * num_batches(n_k, config.batch_size)
-        if not np.isfinite(delta).all():  # never averaged in silently
-            if config.nan_policy is NanPolicy.RAISE:
-                raise NonFiniteUpdateError(f"round {round_}: the update of client {k} contains "
-                                           f"NaN or Inf (nan_policy=NanPolicy.DROP drops it)")
-            dropped.append(k)
-            continue
-        received, bits, entropy = encode_decode(config, model, delta, round_, k)
-        uplink_bits += bits
-        entropy_bits = None if entropy is None else entropy_bits + entropy
-        deltas.append(received)
-        weights.append(n_k if config.weighting is Weighting.EXAMPLES else 1)
-    if not deltas:
-        raise ValueError(f"round {round_}: every sampled client was dropped {dropped}; "
-                         f"the total weight sum(n_k) is 0")
-    mean_delta = weighted_average(deltas, weights)  # sum(n_k delta_k) / sum(n_k), (P,)
-    params, state = server_update(params, mean_delta, state, config.server, round_)
-    return params, state, {
-        "clients": tuple(int(k) for k in S_t), "dropped": tuple(dropped), "lr": hp.lr,
-        "examples": n_total, "batches": batches, "train_loss": loss_sum / n_total,
-        "train_accuracy": acc_sum / n_total, "uplink_bits": uplink_bits,
-        "tff_uplink_bits": _tff_bits(config, model, len(deltas)),
-        "uplink_entropy_bits": entropy_bits,
-    }
+    xp = get_xp(params)
+    payload, copy_bits = encode_broadcast(config.downlink, model, to_numpy(params), config.seed,
+                                          round_)
+    reports = []
+    for k in S_t:  # ascending ids; "in parallel" in the paper, independent here
+        w_k = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
+        reports.append(train_client(w_k, data.x_train, data.y_train, partition[int(k)], hp,
+                                    config.codec, config.seed, round_, int(k)))
+    params, state, facts = aggregate_round(params, state, round_, reports, config, model)
+    return params, state, {"clients": tuple(int(k) for k in S_t), "lr": hp.lr,
+                           "broadcast_bits": m * copy_bits, **facts}
+
+
+def finish_round(round_: int, params, facts: dict, previous: RoundMetrics | None,
+                 config: FedAvgConfig, model: Model, data: FedData, eval_x, eval_y,
+                 eval_parts) -> RoundMetrics:
+    """The metrics row of round t: the facts of ``run_round``, cumulative bits, and at the
+    evaluation cadence (t % eval_every == 0, and t = T) w_{t+1} on the test set and the
+    federated evaluation on ``eval_parts`` (index arrays into eval_x / eval_y)."""
+    test_loss = test_acc = fed_loss = fed_acc = None
+    if round_ % config.eval_every == 0 or round_ == config.rounds:
+        test_loss, test_acc = evaluate(model, params, data.x_test, data.y_test)
+        fed_loss, fed_acc = federated_evaluate(model, params, eval_x, eval_y, eval_parts)
+    up_cum = (previous.uplink_bits_cum if previous else 0) + facts["uplink_bits"]
+    down_cum = (previous.broadcast_bits_cum if previous else 0) + facts["broadcast_bits"]
+    return RoundMetrics(round=round_, test_loss=test_loss, test_accuracy=test_acc,
+                        fed_eval_loss=fed_loss, fed_eval_accuracy=fed_acc,
+                        uplink_bits_cum=up_cum, broadcast_bits_cum=down_cum, **facts)
 
 
 def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
-               partition: Sequence[np.ndarray], *, run_dir: str | os.PathLike | None = None,
-               resume: bool = False, trace: bool = False, trace_every: int = 1,
+               partition: Sequence[np.ndarray], *, eval_partition: Sequence[np.ndarray] | None = None,
+               run_dir: str | os.PathLike | None = None, resume: bool = False,
+               trace: bool = False, trace_every: int = 1,
                on_round: Callable[[RoundMetrics], None] | None = None) -> History:
     """Run T rounds of FedAvg and return the :class:`History`.
 
     partition : K index arrays into ``data.x_train`` (K = len(partition)). With
         ``config.eval_holdout`` > 0 each client first loses its held-out examples
         (``holdout_split``), and clients train on the rest.
+    eval_partition : K index arrays into ``data.x_test``, client k's own test examples (e.g.
+        FEMNIST's per-writer test sets); federated evaluation then runs on them instead of on
+        held-out training examples (``eval_holdout`` must be 0).
     run_dir : where ``checkpoint.npz`` is written after every round (atomically), and
         ``trace/`` when ``trace`` (weights every ``trace_every`` rounds and at the last);
         None writes nothing.
@@ -157,11 +123,23 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
         K, else ValueError). Every stream is keyed by (seed, round, ...), so no generator
         state is needed: the resumed run is bit-identical to an uninterrupted one.
     on_round : called with each round's metrics after its checkpoint is written.
+
+    With ``config.backend == "cupy"`` the weights and the data live on the GPU; codecs, traces
+    and checkpoints work on host copies.
     """
     if data.x_train.dtype != config.dtype.np:
         raise TypeError(f"data is {data.x_train.dtype} but config.dtype is {config.dtype.np}")
+    xp = get_xp(config.backend)  # ValueError when the backend is not available here
     K = len(partition)
     partition, held_out = holdout_split(partition, config.eval_holdout, config.seed)
+    eval_x, eval_y, eval_parts = data.x_train, data.y_train, held_out
+    if eval_partition is not None:
+        if config.eval_holdout > 0:
+            raise ValueError("give eval_partition or config.eval_holdout > 0, not both")
+        if len(eval_partition) != K:
+            raise ValueError(f"eval_partition has {len(eval_partition)} clients, the "
+                             f"partition {K}")
+        eval_x, eval_y, eval_parts = data.x_test, data.y_test, eval_partition
     meta = {"config": config.to_dict(), "model": model.name, "num_clients": K}
     ckpt = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.npz")
     params = model.init(make_rng(config.seed, Purpose.INIT), config.init.value, config.dtype.np)
@@ -176,33 +154,27 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
         if run_dir is None:
             raise ValueError("trace=True needs a run_dir")
         _trace_init(os.path.join(os.fspath(run_dir), "trace"), config, model, partition, w0)
-    up_cum = rows[-1].uplink_bits_cum if rows else 0
-    down_cum = rows[-1].broadcast_bits_cum if rows else 0
-    m = clients_per_round(config.fraction, K)
+    if xp is not np:  # weights, optimizer state and data on the device
+        params = xp.asarray(params)
+        state = {k: xp.asarray(v) for k, v in state.items()}
+        data = FedData(*(xp.asarray(a) for a in data))
+        eval_x, eval_y = ((data.x_test, data.y_test) if eval_partition is not None
+                          else (data.x_train, data.y_train))
     for t in range(start, config.rounds + 1):
-        params, state, r = run_round(params, state, t, config, model, data, partition)
-        test_loss = test_acc = fed_loss = fed_acc = None
-        if t % config.eval_every == 0 or t == config.rounds:
-            test_loss, test_acc = evaluate(model, params, data.x_test, data.y_test)
-            fed_loss, fed_acc = federated_evaluate(model, params, data.x_train, data.y_train,
-                                                   held_out)
-        down = m * 8 * params.itemsize * params.size
-        up_cum, down_cum = up_cum + r["uplink_bits"], down_cum + down
-        row = RoundMetrics(round=t, test_loss=test_loss, test_accuracy=test_acc,
-                           fed_eval_loss=fed_loss, fed_eval_accuracy=fed_acc,
-                           uplink_bits_cum=up_cum, broadcast_bits=down,
-                           broadcast_bits_cum=down_cum, **r)
+        params, state, facts = run_round(params, state, t, config, model, data, partition)
+        row = finish_round(t, params, facts, rows[-1] if rows else None, config, model, data,
+                           eval_x, eval_y, eval_parts)
         rows.append(row)
         if trace:
             keep = t % trace_every == 0 or t == config.rounds
             _trace_round(os.path.join(os.fspath(run_dir), "trace"), config, partition, row,
-                         params if keep else None)
+                         to_numpy(params) if keep else None)
         if ckpt is not None:
-            save_checkpoint(ckpt, t, params, state,
+            save_checkpoint(ckpt, t, to_numpy(params), {k: to_numpy(v) for k, v in state.items()},
                             {**meta, "metrics": [x.to_dict() for x in rows]})
         if on_round is not None:
             on_round(row)
-    return History(tuple(rows), params, w0)
+    return History(tuple(rows), to_numpy(params), w0)
 
 
 def _trace_init(tdir: str, config: FedAvgConfig, model: Model, partition, w0) -> None:

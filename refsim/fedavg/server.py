@@ -7,7 +7,9 @@ McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1, server loop:
 Written with updates delta_k = w^k_{t+1} - w_t this is w_{t+1} = w_t + sum(n_k delta_k) / n,
 i.e. a server SGD step with learning rate 1 on the pseudo-gradient g = -mean delta
 (Reddi et al., "Adaptive Federated Optimization", ICLR 2021, arXiv:2003.00295, Algorithm 1).
-``server_update`` generalises the step to ``w <- w - server_opt(g)``.
+``server_update`` generalises the step to ``w <- w - server_opt(g)``; ``aggregate_round`` is
+the whole server side of a round (decode, NaN policy, weighted mean, server step, the round's
+training metrics and bits).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from refsim.fedavg.config import ServerOpt, ServerOptConfig
+from refsim.backend import get_xp
+from refsim.fedavg.client import ClientReport, NonFiniteUpdateError
+from refsim.fedavg.config import (FedAvgConfig, NanPolicy, ServerOpt, ServerOptConfig,
+                                  Weighting)
+from refsim.fedavg.transport import decode_tensors, tff_uplink_bits
+from refsim.nn import Model
 
-__all__ = ["weighted_average", "init_server_state", "server_update"]
+__all__ = ["weighted_average", "init_server_state", "server_update", "aggregate_round"]
 
 
 def weighted_average(updates: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -52,7 +59,8 @@ def weighted_average(updates: Sequence[np.ndarray], weights: Sequence[float]) ->
     if total_weight == 0.0:
         raise ValueError("weighted_average: the total weight sum(n_k) is 0")
     dtype = updates[0].dtype
-    total = np.zeros(updates[0].shape, dtype=np.float64)  # (P,)
+    xp = get_xp(updates[0])
+    total = xp.zeros(updates[0].shape, dtype=np.float64)  # (P,)
     for n_k, x_k in zip(w, updates):
         if x_k.shape != total.shape or x_k.dtype != dtype:
             raise ValueError(f"updates differ in shape or dtype: {x_k.shape} {x_k.dtype} vs "
@@ -118,3 +126,52 @@ def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, n
     if opt.bias_correction:
         eta = opt.lr * np.sqrt(1 - opt.beta2 ** (round_ + 1.0)) / (1 - opt.beta1 ** (round_ + 1.0))
     return params + dt(eta) * m / (np.sqrt(v) + dt(opt.tau)), {"m": m, "v": v}
+
+
+def aggregate_round(params, state: dict, round_: int, reports: Sequence[ClientReport],
+                    config: FedAvgConfig, model: Model):
+    """The server side of round t, given the sampled clients' reports in ascending id order.
+
+    1. A report without payload (its update had NaN/Inf): ``NanPolicy.RAISE`` raises
+       :class:`NonFiniteUpdateError` naming round and client; ``DROP`` records the client in
+       ``dropped`` and leaves it out of everything below but ``examples`` / ``batches``.
+    2. Each payload is decoded (``transport.decode_tensors``; a corrupt one raises ValueError).
+    3. mean = ``weighted_average`` with v_k = n_k (``Weighting.EXAMPLES``) or 1.
+    4. (w_{t+1}, state) = ``server_update(w_t, mean, state, config.server, t)``.
+
+    Returns (w_{t+1}, state, facts) with facts: dropped, examples, batches (over all sampled
+    clients), train_loss = sum loss_sum / sum num_seen and train_accuracy = sum num_correct /
+    sum num_seen over the reporting clients (TFF's example-weighted training metrics),
+    uplink_bits, tff_uplink_bits, uplink_entropy_bits.
+    """
+    xp = get_xp(params)
+    deltas, weights, dropped, kept = [], [], [], []
+    for r in reports:
+        if r.payload is None:  # never averaged in silently
+            if config.nan_policy is NanPolicy.RAISE:
+                raise NonFiniteUpdateError(f"round {round_}: the update of client {r.client} "
+                                           f"contains NaN or Inf (nan_policy=NanPolicy.DROP "
+                                           f"drops it)")
+            dropped.append(r.client)
+            continue
+        delta = decode_tensors(r.payload, model, config.dtype.np)  # (P,)
+        deltas.append(xp.asarray(delta))
+        weights.append(r.num_examples if config.weighting is Weighting.EXAMPLES else 1)
+        kept.append(r)
+    if not deltas:
+        raise ValueError(f"round {round_}: every sampled client was dropped {dropped}; "
+                         f"the total weight sum(n_k) is 0")
+    mean_delta = weighted_average(deltas, weights)  # sum(n_k delta_k) / sum(n_k), (P,)
+    params, state = server_update(params, mean_delta, state, config.server, round_)
+    seen = sum(r.num_seen for r in kept)
+    entropy = [r.entropy_bits for r in kept]
+    return params, state, {
+        "dropped": tuple(dropped),
+        "examples": sum(r.num_examples for r in reports),
+        "batches": sum(r.num_batches for r in reports),
+        "train_loss": sum(r.loss_sum for r in kept) / seen,
+        "train_accuracy": sum(r.num_correct for r in kept) / seen,
+        "uplink_bits": sum(r.uplink_bits for r in kept),
+        "tff_uplink_bits": tff_uplink_bits(config.codec, model, config.dtype.np, len(kept)),
+        "uplink_entropy_bits": None if None in entropy else sum(entropy),
+    }

@@ -211,6 +211,12 @@ class Model:
 
         x : (N, *input_shape), same float dtype as params; y : (N,) integer labels in [0, K).
         """
+        loss, grad, _ = self.loss_grad_and_logits(params, x, y)
+        return loss, grad
+
+    def loss_grad_and_logits(self, params, x, y):
+        """``loss_and_grad`` plus the logits (N, K) of the same forward pass, so a training loop
+        can count correct predictions without a second forward pass."""
         logits, caches = self._forward(params, x)
         check_labels(y, x.shape[0], self.num_classes)
         loss, d = softmax_cross_entropy(logits, y)  # d: (N, K)
@@ -233,7 +239,7 @@ class Model:
             if isinstance(layer, (Conv2D, Dense)):
                 gview[f"{layer.name}.weight"][...] = dw
                 gview[f"{layer.name}.bias"][...] = db
-        return loss, grad
+        return loss, grad, logits
 
     def _forward(self, params, x):
         self._check_input(params, x)
