@@ -1,5 +1,6 @@
 """``refsim run`` (refsim/cli/run.py): tiny runs, byte-identical reruns, TOML configs, bad flags."""
 
+import csv
 import importlib.util
 import json
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from refsim import cli
+from refsim.backend import available_backends
 from refsim.cli import run_settings
 
 TINY = ["--rounds", "2", "--clients", "10", "--train-limit", "1000", "--test-limit", "200",
@@ -130,13 +132,71 @@ def test_toml_config_and_flag_precedence(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["mnist_2nn_iid", "mnist_2nn_noniid", "mnist_cnn_iid",
-                                  "mnist_cnn_noniid"])
+                                  "mnist_cnn_noniid", "mnist_cnn_grid", "femnist_cnn_writers"])
 def test_shipped_configs_are_valid(name):
     args = cli.build_parser().parse_args(["run", "--config", name])
     s = run_settings.settings(args)
-    assert s["model"] in ("2nn", "cnn") and s["clients"] == 100 and s["fraction"] == 0.1
-    for codec in s["codec"]:
-        assert run_settings.make_config(s, codec).batch_size == 10
+    assert s["model"] in ("2nn", "cnn") and s["fraction"] == 0.1
+    configs = [run_settings.make_config(s, codec, e, b) for codec in s["codec"]
+               for e, b in run_settings.grid(s)]
+    assert all(c.fraction == 0.1 and c.lr == 0.1 for c in configs)
+    if name == "mnist_cnn_grid":  # the paper's Table 2 grid, FedSGD first
+        assert [(c.epochs, c.batch_size) for c in configs] == [
+            (e, b) for e in (1, 5, 20) for b in (None, 50, 10)]
+
+
+def test_eb_grid_runs_every_pair(tmp_path, capsys):
+    code, out, err = _run(["--partition", "iid", "--codec", "float", "--clients", "5",
+                           "--train-limit", "200", "--test-limit", "100", "--rounds", "1",
+                           "--epochs", "1", "2", "--batch-size", "inf", "20", "--quiet",
+                           "--plot", "no", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    names = ["iid-float-E1-Binf", "iid-float-E1-B20", "iid-float-E2-Binf", "iid-float-E2-B20"]
+    for name in names:
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        e, b = name.split("-")[2:]
+        assert summary["config"]["epochs"] == int(e[1:])
+        assert summary["config"]["batch_size"] == (None if b == "Binf" else int(b[1:]))
+        assert name in out
+    rows = list(csv.DictReader(open(tmp_path / "iid-float-E2-B20" / "metrics.csv")))
+    m = len(rows[0]["clients"].split())  # max(floor(0.1 * 5), 1) = 1 client of 40 examples
+    assert m == 1 and int(rows[0]["batches"]) == 2 * m * 2  # E * ceil(40 / 20) per client
+
+
+def test_femnist_writers_with_per_writer_federated_evaluation(tmp_path, capsys):
+    code, _, err = _run(["--dataset", "femnist", "--partition", "writers", "--codec", "float",
+                         "--model", "logistic", "--fraction", "0.02", "--rounds", "2",
+                         "--quiet", "--plot", "no", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "writers-float" / "summary.json").read_text())
+    from refsim.data import load_femnist
+    writers = np.unique(load_femnist(only_digits=True).groups_train)
+    assert summary["num_clients"] == len(writers) == 207  # writers with training digits
+    rows = list(csv.DictReader(open(tmp_path / "writers-float" / "metrics.csv")))
+    assert len(rows[0]["clients"].split()) == 4  # floor(0.02 * 207)
+    assert 0 < float(rows[-1]["fed_eval_accuracy"]) <= 1
+    code, _, err = _run(["--dataset", "femnist", "--partition", "iid"], capsys)
+    assert code == 2 and "--partition" in err and len(err.splitlines()) == 1
+
+
+def test_downlink_codec_and_backend_flags(tmp_path, capsys):
+    base = ["--partition", "iid", "--codec", "float", "--clients", "5", "--train-limit", "300",
+            "--test-limit", "100", "--rounds", "2", "--quiet", "--plot", "no"]
+    code, _, err = _run([*base, "--out", str(tmp_path / "raw")], capsys)
+    assert code == 0, err
+    code, _, err = _run([*base, "--downlink", "quant-huffman", "--downlink-bits", "6",
+                         "--out", str(tmp_path / "q")], capsys)
+    assert code == 0, err
+    raw = json.loads((tmp_path / "raw" / "iid-float" / "summary.json").read_text())
+    q = json.loads((tmp_path / "q" / "iid-float" / "summary.json").read_text())
+    assert raw["total_broadcast_bits"] == 2 * 1 * 32 * 199_210
+    assert q["total_broadcast_bits"] < raw["total_broadcast_bits"] / 4
+    assert "huffman=True" in q["config"]["downlink"] and raw["config"]["downlink"] is None
+    code, _, err = _run([*base, "--downlink-bits", "17"], capsys)
+    assert code == 2 and "--downlink-bits" in err
+    if "cupy" not in available_backends():
+        code, _, err = _run([*base, "--backend", "cupy", "--out", str(tmp_path / "c")], capsys)
+        assert code == 2 and "cupy" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None,

@@ -18,11 +18,11 @@ import time
 import numpy as np
 
 from refsim.cli._common import UsageError, versions, write_text
-from refsim.cli.run_settings import (MODELS, add_arguments, default_out, make_config,
+from refsim.cli.run_settings import (MODELS, add_arguments, batch_label, default_out,
+                                     eval_partition, grid, make_config, make_data,
                                      make_partition, settings)
-from refsim.data import load_mnist
-from refsim.fedavg import (DType, NonFiniteUpdateError, from_images, metrics_csv, metrics_jsonl,
-                           rounds_to_targets, run_fedavg)
+from refsim.fedavg import (NonFiniteUpdateError, metrics_csv, metrics_jsonl, rounds_to_targets,
+                           run_fedavg)
 
 __all__ = ["add_subcommand", "run", "format_table"]
 
@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
     """``refsim run``: exit 0, 1 when a run fails (NaN update), 2 for bad settings."""
     try:
         s = settings(args)
-        configs = {c: make_config(s, c) for c in s["codec"]}
-        images = load_mnist()
-        data = from_images(images, DType(s["dtype"]).np, s["train_limit"], s["test_limit"])
-        parts = {p: make_partition(p, s, data.y_train) for p in s["partition"]}
+        pairs = grid(s)
+        configs = {(c, e, b): make_config(s, c, e, b) for c in s["codec"] for e, b in pairs}
+        data, writers_train, writers_test = make_data(s)
+        parts = {p: make_partition(p, s, data.y_train, writers_train) for p in s["partition"]}
     except UsageError as e:
         print(f"refsim run: error: {e}", file=sys.stderr)
         return 2
@@ -107,43 +107,45 @@ def run(args: argparse.Namespace) -> int:
     out = s["out"] or default_out(s)
     os.makedirs(out, exist_ok=True)
     runs, rows, walls = [], [], {}
-    for p in s["partition"]:
-        for c in s["codec"]:
-            name = f"{p}-{c}"
-            run_dir = os.path.join(out, name)
-            cfg = configs[c]
+    for p, e, b, c in ((p, e, b, c) for p in s["partition"] for e, b in pairs
+                       for c in s["codec"]):
+        name = f"{p}-{c}" + (f"-E{e}-B{batch_label(b)}" if len(pairs) > 1 else "")
+        run_dir = os.path.join(out, name)
+        cfg = configs[(c, e, b)]
 
-            def show(row, name=name, total=cfg.rounds):
-                if s["quiet"]:
-                    return
-                acc = "" if row.test_accuracy is None else f"  test acc {row.test_accuracy:.4f}"
-                print(f"[{name}] round {row.round}/{total}  train loss {row.train_loss:.4f}"
-                      f"{acc}  uplink {row.uplink_bits_cum / 1e6:.1f} Mbit", flush=True)
+        def show(row, name=name, total=cfg.rounds):
+            if s["quiet"]:
+                return
+            acc = "" if row.test_accuracy is None else f"  test acc {row.test_accuracy:.4f}"
+            print(f"[{name}] round {row.round}/{total}  train loss {row.train_loss:.4f}"
+                  f"{acc}  uplink {row.uplink_bits_cum / 1e6:.1f} Mbit", flush=True)
 
-            start = time.perf_counter()
-            try:
-                h = run_fedavg(cfg, model, data, parts[p], run_dir=run_dir, resume=s["resume"],
-                               trace=s["trace"], trace_every=s["trace_every"], on_round=show)
-            except NonFiniteUpdateError as e:
-                print(f"refsim run: error: {name}: {e}", file=sys.stderr)
-                return 1
-            except ValueError as e:  # e.g. --resume with a checkpoint of another run
-                print(f"refsim run: error: {name}: {e}", file=sys.stderr)
-                return 2
-            walls[name] = time.perf_counter() - start
-            row = _table_row(name, h, model.num_params, s["targets"])
-            rows.append(row)
-            runs.append((name, h))
-            write_text(os.path.join(run_dir, "metrics.csv"), metrics_csv(h.rounds))
-            write_text(os.path.join(run_dir, "metrics.jsonl"), metrics_jsonl(h.rounds))
-            np.save(os.path.join(run_dir, "final_weights.npy"), h.params)
-            summary = {"run": name, "model": model.name, "partition": p, "codec": c,
-                       "config": cfg.to_dict(), "seed": cfg.seed, "num_clients": s["clients"],
-                       "settings": {k: v for k, v in s.items() if k != "resume"},
-                       "versions": versions(), **row,
-                       "total_broadcast_bits": h.rounds[-1].broadcast_bits_cum,
-                       "wall_time_s": walls[name]}
-            write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+        start = time.perf_counter()
+        try:
+            h = run_fedavg(cfg, model, data, parts[p],
+                           eval_partition=eval_partition(p, writers_train, writers_test),
+                           run_dir=run_dir, resume=s["resume"], trace=s["trace"],
+                           trace_every=s["trace_every"], on_round=show)
+        except NonFiniteUpdateError as err:
+            print(f"refsim run: error: {name}: {err}", file=sys.stderr)
+            return 1
+        except ValueError as err:  # e.g. --resume with a checkpoint of another run
+            print(f"refsim run: error: {name}: {err}", file=sys.stderr)
+            return 2
+        walls[name] = time.perf_counter() - start
+        row = _table_row(name, h, model.num_params, s["targets"])
+        rows.append(row)
+        runs.append((name, h))
+        write_text(os.path.join(run_dir, "metrics.csv"), metrics_csv(h.rounds))
+        write_text(os.path.join(run_dir, "metrics.jsonl"), metrics_jsonl(h.rounds))
+        np.save(os.path.join(run_dir, "final_weights.npy"), h.params)
+        summary = {"run": name, "model": model.name, "partition": p, "codec": c,
+                   "config": cfg.to_dict(), "seed": cfg.seed, "num_clients": len(parts[p]),
+                   "settings": {k: v for k, v in s.items() if k != "resume"},
+                   "versions": versions(), **row,
+                   "total_broadcast_bits": h.rounds[-1].broadcast_bits_cum,
+                   "wall_time_s": walls[name]}
+        write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
     table = format_table(rows, s["targets"])
     write_text(os.path.join(out, "comparison.txt"), table)
     write_text(os.path.join(out, "comparison.json"), json.dumps(rows, indent=1) + "\n")

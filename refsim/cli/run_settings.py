@@ -9,6 +9,7 @@ both a flag (``batch_size`` -> ``--batch-size``) and a TOML key. A bad value rai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tomllib
 from importlib import resources
@@ -18,18 +19,20 @@ import numpy as np
 from refsim.backend import Purpose, make_rng
 from refsim.cli._common import UsageError, flag
 from refsim.compress import Codec, QuantizerConfig
-from refsim.data import partition
-from refsim.fedavg import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
-                           ServerOptConfig, Weighting)
+from refsim.data import load_femnist, load_mnist, partition
+from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
+                           ServerOptConfig, Weighting, from_images)
 from refsim.fedavg.config import check_int
 from refsim.nn import cnn_mnist, logistic, mlp_2nn
 
-__all__ = ["RUN_DEFAULTS", "MODELS", "settings", "make_config", "make_partition", "default_out",
-           "add_arguments"]
+__all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_partition",
+           "make_data", "eval_partition", "batch_label", "default_out", "add_arguments"]
 
 MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
-PARTITIONS = ("iid", "shards")
+DATASETS = ("mnist", "femnist")
+PARTITIONS = ("iid", "shards", "writers")
 CODECS = ("float", "quant", "quant-huffman")
+DOWNLINKS = ("raw",) + CODECS
 
 # The defaults of ``refsim run`` (the comparison); every key is also a flag and a TOML key.
 RUN_DEFAULTS = {
@@ -37,18 +40,22 @@ RUN_DEFAULTS = {
     "clients": 100, "shards_per_client": 2, "fraction": 0.1, "epochs": 1, "batch_size": 10,
     "lr": 0.1, "lr_decay": 1.0, "rounds": 50, "weighting": "examples", "server_opt": "sgd",
     "server_lr": 1.0, "server_momentum": 0.0, "server_beta1": 0.9, "server_beta2": 0.99,
-    "server_tau": 1e-9, "server_bias_correction": False, "bits": 8, "eval_every": 1, "eval_holdout": 0.0, "seed": 0,
-    "dtype": "float32", "init": "keras", "nan_policy": "raise", "train_limit": None,
+    "server_tau": 1e-9, "server_bias_correction": False, "bits": 8, "downlink": "raw",
+    "downlink_bits": 8, "eval_every": 1, "eval_holdout": 0.0, "seed": 0, "dataset": "mnist",
+    "backend": "numpy", "dtype": "float32", "init": "keras", "nan_policy": "raise",
+    "train_limit": None,
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
     "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
 }
 # The flag that sets each FedAvgConfig field (validation errors name the flag).
 FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--batch-size",
                "lr": "--lr", "lr_decay": "--lr-decay", "rounds": "--rounds",
-               "eval_every": "--eval-every", "eval_holdout": "--eval-holdout", "seed": "--seed", "server.lr": "--server-lr",
+               "eval_every": "--eval-every", "eval_holdout": "--eval-holdout", "seed": "--seed",
+               "backend": "--backend", "server.lr": "--server-lr",
                "server.momentum": "--server-momentum", "server.beta1": "--server-beta1",
                "server.beta2": "--server-beta2", "server.tau": "--server-tau",
                "server.bias_correction": "--server-bias-correction", "bits": "--bits"}
+GRID_KEYS = ("epochs", "batch_size")  # may be lists: one run per (E, B) pair
 
 
 # -- refsim run: settings ----------------------------------------------------------------------
@@ -102,12 +109,19 @@ def settings(args: argparse.Namespace) -> dict:
     if getattr(args, "config", None):
         s.update(_load_toml(args.config))
     s.update(explicit)
-    if not isinstance(s["batch_size"], (int, type(None))) or isinstance(s["batch_size"], bool):
-        try:
-            s["batch_size"] = _batch_size(s["batch_size"])
-        except argparse.ArgumentTypeError as e:
-            raise UsageError(f"--batch-size: {e}") from None
+    for key in GRID_KEYS:  # E and B: one value or a list (the paper's E/B grid)
+        values = s[key] if isinstance(s[key], list) else [s[key]]
+        if not values:
+            raise UsageError(f"{flag(key)}: give at least one value")
+        s[key] = values
+    try:
+        s["batch_size"] = [b if b is None or (isinstance(b, int) and not isinstance(b, bool))
+                           else _batch_size(b) for b in s["batch_size"]]
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--batch-size: {e}") from None
     _check_choice("model", s["model"], tuple(MODELS))
+    _check_choice("dataset", s["dataset"], DATASETS)
+    _check_choice("downlink", s["downlink"], DOWNLINKS)
     for key, allowed in (("partition", PARTITIONS), ("codec", CODECS)):
         if isinstance(s[key], str):
             s[key] = [s[key]]
@@ -122,6 +136,9 @@ def settings(args: argparse.Namespace) -> dict:
     _check_int("clients", s["clients"], 1)
     _check_int("shards_per_client", s["shards_per_client"], 1)
     _check_int("bits", s["bits"], 1, 16)
+    _check_int("downlink_bits", s["downlink_bits"], 1, 16)
+    if s["dataset"] == "femnist" and s["partition"] != ["writers"]:
+        raise UsageError("--partition: FEMNIST is split by writer: use --partition writers")
     _check_int("trace_every", s["trace_every"], 1)
     for key in ("train_limit", "test_limit"):
         if s[key] is not None:
@@ -132,45 +149,99 @@ def settings(args: argparse.Namespace) -> dict:
     return s
 
 
-def make_config(s: dict, codec_kind: str) -> FedAvgConfig:
-    """FedAvgConfig from settings; a config error becomes a UsageError naming the flag."""
+def grid(s: dict) -> list[tuple[int, int | None]]:
+    """The (E, B) pairs of the settings, E-major, in the order given."""
+    return [(e, b) for e in s["epochs"] for b in s["batch_size"]]
+
+
+def _codec(kind: str, bits: int) -> Codec | None:
+    return {"raw": None, "float": Codec(None),
+            "quant": Codec(QuantizerConfig(bits, stochastic=True)),
+            "quant-huffman": Codec(QuantizerConfig(bits, stochastic=True), huffman=True)}[kind]
+
+
+def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -> FedAvgConfig:
+    """FedAvgConfig of one run (uplink codec, E and B chosen from the settings' lists); a config
+    error becomes a UsageError naming the flag."""
     try:
-        codec = {
-            "float": Codec(None),
-            "quant": Codec(QuantizerConfig(s["bits"], stochastic=True)),
-            "quant-huffman": Codec(QuantizerConfig(s["bits"], stochastic=True), huffman=True),
-        }[codec_kind]
+        codec = _codec(codec_kind, s["bits"])
         server = ServerOptConfig(ServerOpt(s["server_opt"]), s["server_lr"], s["server_momentum"],
                                  s["server_beta1"], s["server_beta2"], s["server_tau"],
                                  s["server_bias_correction"])
         return FedAvgConfig(
-            fraction=s["fraction"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
+            fraction=s["fraction"], epochs=epochs, batch_size=batch_size, lr=s["lr"],
             lr_decay=s["lr_decay"], rounds=s["rounds"], weighting=Weighting(s["weighting"]),
-            server=server, codec=codec, eval_every=s["eval_every"],
+            server=server, codec=codec, downlink=_codec(s["downlink"], s["downlink_bits"]),
+            eval_every=s["eval_every"],
             eval_holdout=s["eval_holdout"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
-            nan_policy=NanPolicy(s["nan_policy"]))
+            nan_policy=NanPolicy(s["nan_policy"]), backend=s["backend"])
     except (ValueError, TypeError) as e:
         field = str(e).split(" ")[0]
         raise UsageError(f"{FIELD_FLAGS.get(field, field)}: {e}") from None
 
 
-def make_partition(kind: str, s: dict, labels: np.ndarray) -> list[np.ndarray]:
+def make_partition(kind: str, s: dict, labels: np.ndarray, writers: np.ndarray | None
+                   ) -> list[np.ndarray]:
+    """K index arrays: ``iid`` / ``shards`` with ``make_rng(seed, Purpose.PARTITION)``, or
+    ``writers``: one client per writer (``partition.by_group``; K = the number of writers,
+    ``--clients`` does not apply)."""
     rng = make_rng(s["seed"], Purpose.PARTITION)
     try:
         if kind == "iid":
             return partition.iid(labels, s["clients"], rng)
-        return partition.shards(labels, s["clients"], s["shards_per_client"], rng)
+        if kind == "shards":
+            return partition.shards(labels, s["clients"], s["shards_per_client"], rng)
+        return partition.by_group(writers)
     except ValueError as e:
         raise UsageError(f"--clients/--shards-per-client/--train-limit: {e}") from None
 
 
+def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
+    """(data, writer of each training example, writer of each test example).
+
+    mnist: the embedded MNIST with its QMNIST writers (train and test writers are disjoint).
+    femnist: the embedded FEMNIST subset, digits only (the models have 10 outputs), inverted
+    to MNIST's white-on-black (255 - x); train and test share writers.
+    ``--train-limit`` / ``--test-limit`` keep the first examples (and their writers).
+    """
+    if s["dataset"] == "mnist":
+        images = load_mnist()
+    else:
+        images = load_femnist(only_digits=True)
+        images = dataclasses.replace(images, x_train=255 - images.x_train,
+                                     x_test=255 - images.x_test)
+    data = from_images(images, DType(s["dtype"]).np, s["train_limit"], s["test_limit"])
+    writers_train, writers_test = images.groups_train, images.groups_test
+    if writers_train is not None:
+        writers_train = writers_train[:s["train_limit"]]
+        writers_test = writers_test[:s["test_limit"]]
+    return data, writers_train, writers_test
+
+
+def eval_partition(kind: str, writers_train, writers_test) -> list[np.ndarray] | None:
+    """Per-client test sets where the dataset has them: for the ``writers`` partition of a
+    dataset whose test writers are its train writers (FEMNIST), client k (the k-th writer in
+    ascending id) is evaluated on that writer's test examples; None otherwise."""
+    if kind != "writers" or not np.isin(writers_test, writers_train).all():
+        return None
+    return [np.flatnonzero(writers_test == g) for g in np.unique(writers_train)]
+
+
+def _label(values, fmt=str) -> str:
+    return "-".join(fmt(v) for v in values)
+
+
+def batch_label(b: int | None) -> str:
+    """B as it appears in names: the integer, or "inf"."""
+    return "inf" if b is None else str(b)
+
+
 def default_out(s: dict) -> str:
-    b = "inf" if s["batch_size"] is None else s["batch_size"]
-    return os.path.join("runs", f"mnist-{s['model']}-K{s['clients']}-C{s['fraction']}-"
-                                f"E{s['epochs']}-B{b}-lr{s['lr']}-seed{s['seed']}")
-
-
+    """runs/<dataset>-<model>-K..-C..-E..-B..-lr..-seed.. (lists joined by "-")."""
+    e, b = _label(s["epochs"]), _label(s["batch_size"], batch_label)
+    return os.path.join("runs", f"{s['dataset']}-{s['model']}-K{s['clients']}-C{s['fraction']}-"
+                                f"E{e}-B{b}-lr{s['lr']}-seed{s['seed']}")
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
@@ -182,15 +253,18 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid")
     add("--model", default=S, choices=tuple(MODELS), help=f"default {d['model']}")
     add("--partition", default=S, nargs="+", choices=PARTITIONS,
-        help="iid and/or shards (pathological non-IID); default both")
+        help="iid, shards (pathological non-IID) and/or writers (one client per writer); "
+             "default iid shards")
     add("--codec", default=S, nargs="+", choices=CODECS,
         help="uplink: float (raw), quant (b-bit stochastic, bit-packed), quant-huffman; "
              "default float quant-huffman")
     add("--clients", default=S, type=int, help="K >= 1 (default 100)")
     add("--shards-per-client", default=S, type=int, help="shards partition (default 2)")
     add("--fraction", default=S, type=float, help="C in [0, 1] (default 0.1)")
-    add("--epochs", default=S, type=int, help="E >= 1 (default 1)")
-    add("--batch-size", default=S, type=_batch_size, help="B >= 1 or 'inf' (default 10)")
+    add("--epochs", default=S, type=int, nargs="+",
+        help="E >= 1 (default 1); several values run a grid with every B")
+    add("--batch-size", default=S, type=_batch_size, nargs="+",
+        help="B >= 1 or 'inf' (default 10); several values run a grid with every E")
     add("--lr", default=S, type=float, help="client learning rate > 0 (default 0.1)")
     add("--lr-decay", default=S, type=float, help="per-round factor in (0, 1] (default 1)")
     add("--rounds", default=S, type=int, help=f"T >= 1 (default {d['rounds']})")
@@ -203,7 +277,14 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--server-tau", default=S, type=float, help="> 0 (adam/yogi/adagrad; 1e-9)")
     add("--server-bias-correction", default=S, action="store_true",
         help="adam: Flower FedAdam's bias-corrected server learning rate")
-    add("--bits", default=S, type=int, help="quantizer bits in [1, 16] (default 8)")
+    add("--bits", default=S, type=int, help="uplink quantizer bits in [1, 16] (default 8)")
+    add("--downlink", default=S, choices=DOWNLINKS,
+        help="broadcast of the weights: raw (default), float, quant, quant-huffman")
+    add("--downlink-bits", default=S, type=int, help="downlink quantizer bits (default 8)")
+    add("--dataset", default=S, choices=DATASETS,
+        help="mnist (default) or femnist (digits only, one client per writer, federated "
+             "evaluation on each writer's test examples)")
+    add("--backend", default=S, choices=("numpy", "cupy"), help="array backend (default numpy)")
     add("--eval-every", default=S, type=int, help="test-set evaluation cadence (default 1)")
     add("--eval-holdout", default=S, type=float,
         help="fraction in [0, 1) of each client held out for federated evaluation (default 0)")
