@@ -122,8 +122,11 @@ class ServerOptConfig:
     kind; lr in (0, inf) (Reddi et al.'s eta); momentum in [0, 1) (MOMENTUM only);
     beta1, beta2 in [0, 1) and tau in (0, inf) (ADAM / YOGI / ADAGRAD; ADAGRAD uses beta1 only);
     bias_correction (ADAM only): scale lr as Flower's ``FedAdam`` does (off: the paper).
-    The constructors :meth:`fedadam`, :meth:`fedyogi`, :meth:`fedadagrad` give Flower's
-    defaults.
+    The constructors :meth:`fedadam`, :meth:`fedyogi`, :meth:`fedadagrad` give the defaults of
+    Flower's ``flwr.server.strategy`` classes (flwr 1.42; its Message-API classes in
+    ``flwr.serverapp.strategy`` default FedAdam's and FedAdagrad's tau to 1e-3: pass
+    ``tau=1e-3``). Measured against Flower in ``tests/test_validation_flower.py``; TFF's
+    defaults differ (``docs/flower-semantics.md``).
     """
     kind: ServerOpt = ServerOpt.SGD
     lr: float = 1.0
@@ -151,19 +154,21 @@ class ServerOptConfig:
     @classmethod
     def fedadam(cls, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99,
                 tau: float = 1e-9, bias_correction: bool = True) -> "ServerOptConfig":
-        """Flower ``FedAdam`` defaults (eta 0.1, beta_1 0.9, beta_2 0.99, tau 1e-9)."""
+        """``flwr.server.strategy.FedAdam`` defaults (eta 0.1, beta_1 0.9, beta_2 0.99,
+        tau 1e-9, Flower's bias correction); ``flwr.serverapp.strategy.FedAdam`` has tau 1e-3."""
         return cls(ServerOpt.ADAM, lr, 0.0, beta1, beta2, tau, bias_correction)
 
     @classmethod
     def fedyogi(cls, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99,
                 tau: float = 1e-3) -> "ServerOptConfig":
-        """Flower ``FedYogi`` defaults (eta 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3)."""
+        """Flower ``FedYogi`` defaults, both APIs (eta 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3)."""
         return cls(ServerOpt.YOGI, lr, 0.0, beta1, beta2, tau)
 
     @classmethod
     def fedadagrad(cls, lr: float = 0.1, tau: float = 1e-9) -> "ServerOptConfig":
-        """Flower ``FedAdagrad`` defaults (eta 0.1, tau 1e-9; beta_1 fixed to 0)."""
-        return cls(ServerOpt.ADAGRAD, lr, 0.0, 0.0, 0.99, tau)
+        """``flwr.server.strategy.FedAdagrad`` defaults (eta 0.1, tau 1e-9; beta_1 = beta_2 = 0,
+        beta_2 unused); ``flwr.serverapp.strategy.FedAdagrad`` has tau 1e-3."""
+        return cls(ServerOpt.ADAGRAD, lr, 0.0, 0.0, 0.0, tau)
 
 
 @dataclass(frozen=True)
