@@ -100,7 +100,9 @@ def add_subcommand(subparsers) -> None:
     sub = subparsers.add_parser(
         "compare", help="compare two traces or weight files round by round (exit 1 if they "
                         "diverge)",
-        description=__doc__.splitlines()[0])
+        description="Compare weights A (candidate) with B (reference) round by round and "
+                    "tensor by tensor: exit 0 if they agree, 1 if they diverge, 2 on an "
+                    "input error. See docs/validation.md.")
     sub.add_argument("a", metavar="A", help="candidate: trace or run directory, .npz or .npy")
     sub.add_argument("b", metavar="B", help="reference: trace or run directory, .npz or .npy")
     sub.add_argument("--rtol", type=float, default=None,
