@@ -92,6 +92,26 @@ def _plots(out: str, runs: list, mode: str) -> str | None:
     return None
 
 
+class _Progress:
+    """The console line of each round (the progress indicator): metrics, elapsed seconds and
+    the estimated seconds left (elapsed / rounds done so far * rounds to go)."""
+
+    def __init__(self, name: str, total: int, quiet: bool):
+        self.name, self.total, self.quiet = name, total, quiet
+        self.start, self.first = time.perf_counter(), None
+
+    def __call__(self, row) -> None:
+        if self.quiet:
+            return
+        self.first = self.first or row.round  # a resumed run starts later
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / (row.round - self.first + 1) * (self.total - row.round)
+        acc = "" if row.test_accuracy is None else f"  test acc {row.test_accuracy:.4f}"
+        print(f"[{self.name}] round {row.round}/{self.total}  train loss {row.train_loss:.4f}"
+              f"{acc}  uplink {row.uplink_bits_cum / 1e6:.1f} Mbit  {elapsed:.0f} s, "
+              f"~{left:.0f} s left", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """``refsim run``: exit 0, 1 when a run fails (NaN update), 2 for bad settings."""
     try:
@@ -113,14 +133,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = os.path.join(out, name)
         cfg = configs[(c, e, b)]
 
-        def show(row, name=name, total=cfg.rounds):
-            if s["quiet"]:
-                return
-            acc = "" if row.test_accuracy is None else f"  test acc {row.test_accuracy:.4f}"
-            print(f"[{name}] round {row.round}/{total}  train loss {row.train_loss:.4f}"
-                  f"{acc}  uplink {row.uplink_bits_cum / 1e6:.1f} Mbit", flush=True)
-
         start = time.perf_counter()
+        show = _Progress(name, cfg.rounds, s["quiet"])
         try:
             h = run_fedavg(cfg, model, data, parts[p],
                            eval_partition=eval_partition(p, writers_train, writers_test),
