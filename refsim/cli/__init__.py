@@ -4,11 +4,12 @@ path, and turns errors into exit codes. One module per subcommand:
 ``refsim info``   version, backends, models (``info.py``)
 ``refsim run``    FedAvg on the embedded MNIST, the main job (``run.py``, ``run_settings.py``)
 ``refsim compare``  where two traces or weight files diverge (``compare.py``)
+``refsim golden`` write or check the golden vectors of ``docs/golden.md`` (``golden.py``)
 """
 
 from __future__ import annotations
 
-from refsim.cli import compare, info, run
+from refsim.cli import compare, golden, info, run
 from refsim.cli._common import ArgParser
 
 __all__ = ["build_parser", "main"]
@@ -19,7 +20,7 @@ def build_parser() -> ArgParser:
     parser = ArgParser(prog="refsim", description="refsim: a transparent reference simulator "
                                                   "for federated learning")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
-    for module in (info, run, compare):
+    for module in (info, run, compare, golden):
         module.add_subcommand(sub)
     return parser
 
