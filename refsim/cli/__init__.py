@@ -5,11 +5,12 @@ path, and turns errors into exit codes. One module per subcommand:
 ``refsim run``    FedAvg on the embedded MNIST, the main job (``run.py``, ``run_settings.py``)
 ``refsim compare``  where two traces or weight files diverge (``compare.py``)
 ``refsim golden`` write or check the golden vectors of ``docs/golden.md`` (``golden.py``)
+``refsim flower-app``  the Flower app folder and the commands to run it (``flower_app.py``)
 """
 
 from __future__ import annotations
 
-from refsim.cli import compare, golden, info, run
+from refsim.cli import compare, flower_app, golden, info, run
 from refsim.cli._common import ArgParser
 
 __all__ = ["build_parser", "main"]
@@ -20,7 +21,7 @@ def build_parser() -> ArgParser:
     parser = ArgParser(prog="refsim", description="refsim: a transparent reference simulator "
                                                   "for federated learning")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
-    for module in (info, run, compare, golden):
+    for module in (info, run, compare, golden, flower_app):
         module.add_subcommand(sub)
     return parser
 

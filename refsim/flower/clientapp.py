@@ -1,0 +1,95 @@
+"""The ClientApp: each SuperNode is one refsim client and runs that client's part of a round.
+
+A node learns which client it is from its node config (``partition-id`` k, ``num-partitions``
+K; ``settings.node_client``) and everything else from the run config. Per message it loads the
+embedded MNIST and recomputes client k's indices (``settings.client_indices``; the data never
+travels), then:
+
+* ``query``: answers (k, K), so the ServerApp can map refsim's client ids to Flower node ids;
+* ``train``: decodes the broadcast w~_t (``decode_broadcast``) and calls refsim's
+  ``train_client`` (McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1, ClientUpdate,
+  plus the uplink encoding keyed by (seed, t, k)), and replies with the encoded update and the
+  report's numbers (``wire.report_content``);
+* ``evaluate``: evaluates the raw w_{t+1} on its held-out examples (federated evaluation,
+  ``eval-holdout`` > 0), the numbers ``refsim.fedavg.federated_evaluate`` sums.
+
+The handlers are pure functions of (message, node config, run config): the same inputs give the
+same reply on any machine, which is what makes the deployment's result equal the in-process
+loop's. A message meant for another client, or malformed content, raises ValueError (Flower then
+replies with an error, and the ServerApp stops the run naming the node).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from refsim.fedavg import ClientHParams, decode_broadcast, decode_tensors, evaluate, train_client
+from refsim.flower.settings import app_settings, client_indices, load_data, node_client
+from refsim.flower.wire import (evaluate_reply_content, query_reply_content,
+                                read_instruction_content, report_content)
+
+__all__ = ["app", "query", "train", "evaluate_held_out"]
+
+app = ClientApp()
+
+
+def _addressed(context: Context, msg: Message):
+    """(settings, k, K, payload, t) of a train/evaluate message, checked against this node.
+
+    A train message carries the broadcast (codec bytes with a downlink codec, else raw
+    weights); an evaluate message always carries the raw w_{t+1}.
+    """
+    s = app_settings(context.run_config)
+    k, num_clients = node_client(context.node_config)
+    kind = msg.metadata.message_type
+    coded = kind == "train" and s.config.downlink is not None
+    what = f"{kind} message"
+    payload, t, client = read_instruction_content(msg.content, coded, what)
+    if client != k:
+        raise ValueError(f"{what} for client {client} reached the node of client {k} "
+                         f"(node {context.node_id})")
+    if not 1 <= t <= s.config.rounds:
+        raise ValueError(f"{what}: round {t} is outside 1..{s.config.rounds}")
+    return s, k, num_clients, payload, t
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Which refsim client this node is: (k, K) from its node config (the run config is checked
+    too, so that a bad override fails before round 1)."""
+    app_settings(context.run_config)
+    k, num_clients = node_client(context.node_config)
+    return Message(query_reply_content(k, num_clients), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Client k's round t: decode w~_t, ``train_client``, reply with the encoded update."""
+    start = time.perf_counter()
+    s, k, num_clients, payload, t = _addressed(context, msg)
+    cfg, model = s.config, s.model()
+    data = load_data(s)
+    indices, _ = client_indices(s, data.y_train, num_clients, k)  # (n_k,)
+    w = decode_broadcast(payload, model, cfg.dtype.np)  # (P,) w~_t
+    hp = ClientHParams(model, cfg.epochs, cfg.batch_size, cfg.client_lr(t))
+    trained = time.perf_counter()
+    report = train_client(w, data.x_train, data.y_train, indices, hp, cfg.codec, cfg.seed, t, k)
+    done = time.perf_counter()
+    return Message(report_content(report, trained - start, done - trained), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_held_out(msg: Message, context: Context) -> Message:
+    """Client k's federated evaluation of the raw w_{t+1} on its held-out examples."""
+    s, k, num_clients, payload, _ = _addressed(context, msg)
+    model = s.model()
+    data = load_data(s)
+    _, held = client_indices(s, data.y_train, num_clients, k)  # (n_eval,)
+    params = decode_tensors(payload, model, s.config.dtype.np)  # (P,) w_{t+1}
+    loss = acc = None
+    if len(held):
+        loss, acc = evaluate(model, params, data.x_train[held], data.y_train[held])
+    return Message(evaluate_reply_content(k, int(len(held)), loss, acc), reply_to=msg)

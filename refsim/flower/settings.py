@@ -1,0 +1,220 @@
+"""The Flower app's two configurations, turned into refsim's objects.
+
+* The **run config** (Flower's ``[tool.flwr.app.config]`` in ``refsim/flower_app/pyproject.toml``,
+  overridden with ``flwr run ... --run-config 'key=value ...'``) holds the settings of
+  ``refsim run`` under the same names, hyphenated (``batch-size`` for ``--batch-size``); every
+  process of a run (the ServerApp and each ClientApp) reads the same values and builds the same
+  :class:`~refsim.fedavg.FedAvgConfig` from them (:func:`fedavg_config`).
+* The **node config** of each SuperNode (``flower-supernode --node-config 'partition-id=k
+  num-partitions=K'``) says which refsim client the node is: k in [0, K), and K, the number of
+  clients of the partition (:func:`node_client`).
+
+The data never travels: each process loads the embedded MNIST (``refsim.data.load_mnist``),
+and a client recomputes the partition of all K clients exactly as ``refsim run`` does
+(``make_rng(seed, Purpose.PARTITION)``, then ``holdout_split``) and keeps its own index array
+(:func:`client_indices`). The ServerApp holds only the test set (:func:`server_data`).
+
+This module does not import ``flwr``; errors are ValueError / TypeError naming the key.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from refsim.backend import Purpose, make_rng
+from refsim.compress import Codec, QuantizerConfig
+from refsim.data import load_mnist, partition
+from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
+                           ServerOptConfig, Weighting, from_images, holdout_split)
+from refsim.nn import Model, cnn_mnist, logistic, mlp_2nn
+
+__all__ = ["RUN_CONFIG", "MODELS", "PARTITIONS", "CODECS", "AppSettings", "app_settings",
+           "fedavg_config", "node_client", "load_data", "client_indices", "server_data"]
+
+MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
+PARTITIONS = ("iid", "shards")
+# "raw": no codec, the update travels as a float array; the others as refsim's codec bytes.
+CODECS = ("raw", "float", "quant", "quant-huffman")
+
+# The run config and its defaults, exactly the [tool.flwr.app.config] table of the shipped
+# pyproject.toml (tests/test_flower_app.py keeps the two equal). TOML has no null, so two
+# values stand in for refsim run's None: batch-size "inf" (B = infinity, one batch of the whole
+# client) and train-limit / test-limit 0 (all examples). out-dir "" means runs/flower-<run id>.
+RUN_CONFIG = {
+    "model": "2nn", "partition": "iid", "shards-per-client": 2, "codec": "quant-huffman",
+    "bits": 8, "downlink": "raw", "downlink-bits": 8, "fraction": 0.1, "epochs": 1,
+    "batch-size": 10, "lr": 0.1, "lr-decay": 1.0, "rounds": 50, "weighting": "examples",
+    "server-opt": "sgd", "server-lr": 1.0, "server-momentum": 0.0, "server-beta1": 0.9,
+    "server-beta2": 0.99, "server-tau": 1e-9, "server-bias-correction": False,
+    "eval-every": 1, "eval-holdout": 0.0, "seed": 0, "dtype": "float32", "init": "keras",
+    "nan-policy": "raise", "train-limit": 0, "test-limit": 0, "out-dir": "",
+    "timeout": 600.0,
+}
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything a process of the app derives from the run config."""
+    config: FedAvgConfig
+    model_name: str           # a key of MODELS
+    partition: str            # "iid" or "shards"
+    shards_per_client: int
+    train_limit: int | None   # None: all training examples
+    test_limit: int | None
+    out_dir: str              # "" : the ServerApp chooses runs/flower-<run id>
+    timeout: float            # seconds the ServerApp waits for nodes and for replies
+
+    def model(self) -> Model:
+        return MODELS[self.model_name]()
+
+
+def _get(run_config: Mapping, key: str):
+    if key not in run_config:
+        raise ValueError(f"run config: missing key {key!r} (the app's pyproject.toml defines "
+                         f"every key; is this the refsim app?)")
+    return run_config[key]
+
+
+def _choice(run_config: Mapping, key: str, allowed) -> str:
+    value = _get(run_config, key)
+    if value not in allowed:
+        raise ValueError(f"run config: {key} = {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _int(run_config: Mapping, key: str, lo: int) -> int:
+    value = _get(run_config, key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"run config: {key} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _real(run_config: Mapping, key: str) -> float:
+    value = _get(run_config, key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"run config: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _codec(kind: str, bits: int) -> Codec | None:
+    """The codec of ``refsim run --codec KIND --bits BITS``; "raw" is no codec at all."""
+    return {"raw": None, "float": Codec(None),
+            "quant": Codec(QuantizerConfig(bits, stochastic=True)),
+            "quant-huffman": Codec(QuantizerConfig(bits, stochastic=True), huffman=True)}[kind]
+
+
+def fedavg_config(run_config: Mapping) -> FedAvgConfig:
+    """The FedAvgConfig of the run; the same values give ``refsim run`` the same config.
+
+    >>> cfg = fedavg_config(RUN_CONFIG)
+    >>> cfg.fraction, cfg.batch_size, cfg.codec.huffman, cfg.downlink is None
+    (0.1, 10, True, True)
+    >>> fedavg_config({**RUN_CONFIG, "batch-size": "inf"}).batch_size is None
+    True
+    """
+    rc = run_config
+    b = _get(rc, "batch-size")
+    if b == "inf":
+        batch_size = None
+    else:
+        batch_size = _int(rc, "batch-size", 1)
+    bits, down_bits = _int(rc, "bits", 1), _int(rc, "downlink-bits", 1)
+    try:
+        server = ServerOptConfig(ServerOpt(_choice(rc, "server-opt", [o.value for o in ServerOpt])),
+                                 _real(rc, "server-lr"), _real(rc, "server-momentum"),
+                                 _real(rc, "server-beta1"), _real(rc, "server-beta2"),
+                                 _real(rc, "server-tau"), _get(rc, "server-bias-correction"))
+        return FedAvgConfig(
+            fraction=_real(rc, "fraction"), epochs=_int(rc, "epochs", 1), batch_size=batch_size,
+            lr=_real(rc, "lr"), lr_decay=_real(rc, "lr-decay"), rounds=_int(rc, "rounds", 1),
+            weighting=Weighting(_choice(rc, "weighting", [w.value for w in Weighting])),
+            server=server, codec=_codec(_choice(rc, "codec", CODECS), bits),
+            downlink=_codec(_choice(rc, "downlink", CODECS), down_bits),
+            eval_every=_int(rc, "eval-every", 1), eval_holdout=_real(rc, "eval-holdout"),
+            seed=_int(rc, "seed", 0), dtype=DType(_choice(rc, "dtype", [d.value for d in DType])),
+            init=InitScheme(_choice(rc, "init", [i.value for i in InitScheme])),
+            nan_policy=NanPolicy(_choice(rc, "nan-policy", [n.value for n in NanPolicy])))
+    except (TypeError, ValueError) as e:
+        if str(e).startswith("run config:"):
+            raise
+        raise ValueError(f"run config: {e}") from None
+
+
+def app_settings(run_config: Mapping) -> AppSettings:
+    """Check the whole run config and return its :class:`AppSettings` (ValueError naming the
+    key otherwise; unknown keys are errors too, so a misspelt override cannot pass unseen).
+
+    >>> s = app_settings({**RUN_CONFIG, "model": "logistic", "train-limit": 3000})
+    >>> s.model().name, s.train_limit, s.test_limit
+    ('logistic', 3000, None)
+    """
+    unknown = sorted(set(run_config) - set(RUN_CONFIG))
+    if unknown:
+        raise ValueError(f"run config: unknown keys {unknown} (allowed: {', '.join(RUN_CONFIG)})")
+    train_limit, test_limit = _int(run_config, "train-limit", 0), _int(run_config, "test-limit", 0)
+    out_dir = _get(run_config, "out-dir")
+    if not isinstance(out_dir, str):
+        raise ValueError(f"run config: out-dir must be a string, got {out_dir!r}")
+    timeout = _real(run_config, "timeout")
+    if not timeout > 0:
+        raise ValueError(f"run config: timeout must be > 0 seconds, got {timeout!r}")
+    return AppSettings(fedavg_config(run_config), _choice(run_config, "model", tuple(MODELS)),
+                       _choice(run_config, "partition", PARTITIONS),
+                       _int(run_config, "shards-per-client", 1), train_limit or None,
+                       test_limit or None, out_dir, timeout)
+
+
+def node_client(node_config: Mapping) -> tuple[int, int]:
+    """(k, K) of a SuperNode: its refsim client id and the number of clients.
+
+    >>> node_client({"partition-id": 2, "num-partitions": 3})
+    (2, 3)
+    >>> node_client({"partition-id": 3, "num-partitions": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: node config: partition-id = 3 is out of range [0, 3) (num-partitions = 3)
+    """
+    hint = "start the SuperNode with --node-config 'partition-id=<k> num-partitions=<K>'"
+    values = []
+    for key in ("partition-id", "num-partitions"):
+        if key not in node_config:
+            raise ValueError(f"node config: missing {key!r} ({hint})")
+        v = node_config[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"node config: {key} must be an integer, got {v!r} ({hint})")
+        values.append(int(v))
+    k, num = values
+    if num < 1:
+        raise ValueError(f"node config: num-partitions must be >= 1, got {num}")
+    if not 0 <= k < num:
+        raise ValueError(f"node config: partition-id = {k} is out of range [0, {num}) "
+                         f"(num-partitions = {num})")
+    return k, num
+
+
+def load_data(s: AppSettings) -> FedData:
+    """The embedded MNIST as ``refsim run --train-limit/--test-limit`` uses it."""
+    return from_images(load_mnist(), s.config.dtype.np, s.train_limit, s.test_limit)
+
+
+def client_indices(s: AppSettings, labels: np.ndarray, num_clients: int, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices) of client k of K, as ``run_fedavg`` computes them:
+    the partition of ``refsim run`` (``make_rng(seed, Purpose.PARTITION)``), then
+    ``holdout_split(partition, eval_holdout, seed)``."""
+    rng = make_rng(s.config.seed, Purpose.PARTITION)
+    if s.partition == "iid":
+        parts = partition.iid(labels, num_clients, rng)
+    else:
+        parts = partition.shards(labels, num_clients, s.shards_per_client, rng)
+    train, held = holdout_split(parts, s.config.eval_holdout, s.config.seed)
+    return train[k], held[k]
+
+
+def server_data(s: AppSettings) -> FedData:
+    """What the ServerApp holds: the test set, and no training example ((0, 1, 28, 28))."""
+    return from_images(load_mnist(), s.config.dtype.np, 0, s.test_limit)  # train_limit 0: none
