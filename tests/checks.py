@@ -1,6 +1,12 @@
-"""Test helpers: the one tolerance rule and a readable comparison (STYLE.md habit 12)."""
+"""Test helpers: the one tolerance rule, a readable comparison (STYLE.md habit 12), and the
+small MNIST slices and unequal partitions the FedAvg tests share."""
+
+import functools
 
 import numpy as np
+
+from refsim.data import load_mnist
+from refsim.fedavg import from_images
 
 
 def tolerance(dtype) -> dict:
@@ -52,3 +58,15 @@ def check_grad(f, arr: np.ndarray, grad: np.ndarray, what: str, rng: np.random.G
         assert err < max_rel, (f"{what}: index {np.unravel_index(i, arr.shape)} analytic "
                                f"{gflat[i]:.12g} vs central difference {numeric:.12g} "
                                f"(relative error {err:.2e})")
+
+
+@functools.lru_cache(maxsize=None)
+def mnist_slice(dtype: str, num_train: int, num_test: int):
+    """The first ``num_train`` / ``num_test`` embedded MNIST examples as FedData (cached)."""
+    return from_images(load_mnist(), np.dtype(dtype), train_limit=num_train, test_limit=num_test)
+
+
+def contiguous_partition(sizes) -> list:
+    """Client k gets the next ``sizes[k]`` examples (deterministic, unequal n_k)."""
+    ends = np.cumsum(sizes)
+    return [np.arange(e - n, e) for n, e in zip(sizes, ends)]

@@ -1,30 +1,25 @@
 """The FedAvg loop (refsim/fedavg/loop.py): FedSGD equivalence, determinism, NaN policy, bits."""
 
-import functools
-
 import numpy as np
 import pytest
+from checks import contiguous_partition, mnist_slice
 
 from refsim.backend import Purpose, make_rng
 from refsim.compress import Codec, QuantizerConfig
-from refsim.data import load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, NanPolicy, NonFiniteUpdateError,
-                           Weighting, from_images, metrics_csv, run_fedavg, run_round,
+                           Weighting, metrics_csv, run_fedavg, run_round,
                            sample_clients)
 from refsim.nn import logistic, mlp_2nn
 
 SIZES = [37, 5, 61, 12, 90, 23, 48, 7, 66, 31]  # unequal n_k, K = 10
 
 
-@functools.lru_cache(maxsize=None)
 def _data(dtype: str) -> FedData:
-    return from_images(load_mnist(), np.dtype(dtype), train_limit=sum(SIZES), test_limit=300)
+    return mnist_slice(dtype, sum(SIZES), 300)
 
 
 def _partition():
-    """Client k gets a contiguous block of SIZES[k] examples (deterministic, unequal)."""
-    ends = np.cumsum(SIZES)
-    return [np.arange(e - n, e) for n, e in zip(SIZES, ends)]
+    return contiguous_partition(SIZES)
 
 
 def test_fedsgd_is_one_example_weighted_gradient_step_on_the_union():

@@ -1,17 +1,15 @@
 """The pieces of one round (refsim/fedavg/client.py, server.py, transport.py): training metrics
 as TFF reports them, the downlink codec, per-client test sets, payload checks, backends."""
 
-import functools
-
 import numpy as np
 import pytest
+from checks import contiguous_partition, mnist_slice
 
 from refsim.backend import Purpose, available_backends, make_rng
 from refsim.compress import Codec, QuantizerConfig, broadcast_key
-from refsim.data import load_mnist
 from refsim.data.batching import client_batches
 from refsim.fedavg import (ClientHParams, DType, FedAvgConfig, FedData, aggregate_round,
-                           decode_tensors, encode_tensors, from_images, run_fedavg, run_round,
+                           decode_tensors, encode_tensors, run_fedavg, run_round,
                            sample_clients, train_client)
 from refsim.nn import logistic, mlp_2nn
 from refsim.nn.loss import softmax_cross_entropy
@@ -19,14 +17,12 @@ from refsim.nn.loss import softmax_cross_entropy
 SIZES = [37, 5, 61, 12, 90, 23]  # unequal n_k, K = 6
 
 
-@functools.lru_cache(maxsize=None)
 def _data(dtype: str) -> FedData:
-    return from_images(load_mnist(), np.dtype(dtype), train_limit=sum(SIZES), test_limit=300)
+    return mnist_slice(dtype, sum(SIZES), 300)
 
 
 def _partition():
-    ends = np.cumsum(SIZES)
-    return [np.arange(e - n, e) for n, e in zip(SIZES, ends)]
+    return contiguous_partition(SIZES)
 
 
 def test_training_metrics_are_the_running_minibatch_averages():

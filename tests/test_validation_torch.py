@@ -33,45 +33,18 @@ from refsim.validation.compare import compare_paths
 
 torch = pytest.importorskip("torch", reason="PyTorch is a test-only cross-check: "
                                             "pip install torch==2.13.0 (CPU) to run it")
-nn, F = torch.nn, torch.nn.functional
+F = torch.nn.functional
+from torch_models import TorchCNNMnist, TorchMLP2NN  # noqa: E402  (needs torch)
+
 pytestmark = pytest.mark.torch
 
 TOLERANCE = {np.float64: dict(rtol=1e-9, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-7)}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 
 
-class CNN(nn.Module):
-    """McMahan et al. 2017, Sec. 3: conv 5x5 @32 'same', 2x2 max-pool, conv 5x5 @64 'same',
-    2x2 max-pool, dense 512 ReLU, dense 10 (ReLU after each convolution)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-        self.fc1 = nn.Linear(64 * 7 * 7, 512)
-        self.fc2 = nn.Linear(512, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
-
-
-class MLP2NN(nn.Module):
-    """McMahan et al. 2017, the "2NN": 784-200-200-10 with ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 200), nn.Linear(200, 200), nn.Linear(200, 10)
-
-    def forward(self, x):
-        x = torch.flatten(x, 1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-
 # model -> (refsim model, PyTorch module, client sizes, E): unequal clients, so n_k matters.
-CASES = {"mlp_2nn": (mlp_2nn, MLP2NN, [20, 33, 27, 40, 24], 2),
-         "cnn_mnist": (cnn_mnist, CNN, [14, 22, 11, 25, 17], 1)}
+CASES = {"mlp_2nn": (mlp_2nn, TorchMLP2NN, [20, 33, 27, 40, 24], 2),
+         "cnn_mnist": (cnn_mnist, TorchCNNMnist, [14, 22, 11, 25, 17], 1)}
 
 
 @contextlib.contextmanager
