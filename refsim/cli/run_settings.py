@@ -16,23 +16,21 @@ from importlib import resources
 
 import numpy as np
 
-from refsim.backend import Purpose, make_rng
 from refsim.cli._common import UsageError, flag
-from refsim.compress import Codec, QuantizerConfig
-from refsim.data import load_femnist, load_mnist, partition
+from refsim.data import load_femnist, load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            ServerOptConfig, Weighting, from_images)
 from refsim.fedavg.config import check_int
-from refsim.nn import cnn_mnist, logistic, mlp_2nn
+from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_named,
+                                 partition_named)
 
 __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_partition",
            "make_data", "eval_partition", "batch_label", "default_out", "add_arguments"]
 
-MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
 DATASETS = ("mnist", "femnist")
-PARTITIONS = ("iid", "shards", "writers")
-CODECS = ("float", "quant", "quant-huffman")
-DOWNLINKS = ("raw",) + CODECS
+PARTITIONS = PARTITION_NAMES
+CODECS = tuple(c for c in CODEC_NAMES if c != "raw")  # uplink: always in refsim's format
+DOWNLINKS = CODEC_NAMES
 
 # The defaults of ``refsim run`` (the comparison); every key is also a flag and a TOML key.
 RUN_DEFAULTS = {
@@ -154,24 +152,18 @@ def grid(s: dict) -> list[tuple[int, int | None]]:
     return [(e, b) for e in s["epochs"] for b in s["batch_size"]]
 
 
-def _codec(kind: str, bits: int) -> Codec | None:
-    return {"raw": None, "float": Codec(None),
-            "quant": Codec(QuantizerConfig(bits, stochastic=True)),
-            "quant-huffman": Codec(QuantizerConfig(bits, stochastic=True), huffman=True)}[kind]
-
-
 def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -> FedAvgConfig:
     """FedAvgConfig of one run (uplink codec, E and B chosen from the settings' lists); a config
     error becomes a UsageError naming the flag."""
     try:
-        codec = _codec(codec_kind, s["bits"])
+        codec = codec_named(codec_kind, s["bits"])
         server = ServerOptConfig(ServerOpt(s["server_opt"]), s["server_lr"], s["server_momentum"],
                                  s["server_beta1"], s["server_beta2"], s["server_tau"],
                                  s["server_bias_correction"])
         return FedAvgConfig(
             fraction=s["fraction"], epochs=epochs, batch_size=batch_size, lr=s["lr"],
             lr_decay=s["lr_decay"], rounds=s["rounds"], weighting=Weighting(s["weighting"]),
-            server=server, codec=codec, downlink=_codec(s["downlink"], s["downlink_bits"]),
+            server=server, codec=codec, downlink=codec_named(s["downlink"], s["downlink_bits"]),
             eval_every=s["eval_every"],
             eval_holdout=s["eval_holdout"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
@@ -183,16 +175,11 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
 
 def make_partition(kind: str, s: dict, labels: np.ndarray, writers: np.ndarray | None
                    ) -> list[np.ndarray]:
-    """K index arrays: ``iid`` / ``shards`` with ``make_rng(seed, Purpose.PARTITION)``, or
-    ``writers``: one client per writer (``partition.by_group``; K = the number of writers,
-    ``--clients`` does not apply)."""
-    rng = make_rng(s["seed"], Purpose.PARTITION)
+    """K index arrays: ``refsim.fedavg.named.partition_named`` (``writers``: one client per
+    writer, K = the number of writers, ``--clients`` does not apply)."""
     try:
-        if kind == "iid":
-            return partition.iid(labels, s["clients"], rng)
-        if kind == "shards":
-            return partition.shards(labels, s["clients"], s["shards_per_client"], rng)
-        return partition.by_group(writers)
+        return partition_named(kind, labels, s["clients"], s["seed"], s["shards_per_client"],
+                               writers)
     except ValueError as e:
         raise UsageError(f"--clients/--shards-per-client/--train-limit: {e}") from None
 

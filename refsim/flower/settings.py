@@ -25,20 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refsim.backend import Purpose, make_rng
-from refsim.compress import Codec, QuantizerConfig
-from refsim.data import load_mnist, partition
+from refsim.data import load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            ServerOptConfig, Weighting, from_images, holdout_split)
-from refsim.nn import Model, cnn_mnist, logistic, mlp_2nn
+from refsim.fedavg.named import CODEC_NAMES, MODELS, codec_named, partition_named
+from refsim.nn import Model
 
 __all__ = ["RUN_CONFIG", "MODELS", "PARTITIONS", "CODECS", "AppSettings", "app_settings",
            "fedavg_config", "node_client", "load_data", "client_indices", "server_data"]
 
-MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}
-PARTITIONS = ("iid", "shards")
+PARTITIONS = ("iid", "shards")  # writers (FEMNIST) is not offered on Flower
 # "raw": no codec, the update travels as a float array; the others as refsim's codec bytes.
-CODECS = ("raw", "float", "quant", "quant-huffman")
+CODECS = CODEC_NAMES
 
 # The run config and its defaults, exactly the [tool.flwr.app.config] table of the shipped
 # pyproject.toml (tests/test_flower_app.py keeps the two equal). TOML has no null, so two
@@ -100,13 +98,6 @@ def _real(run_config: Mapping, key: str) -> float:
     return float(value)
 
 
-def _codec(kind: str, bits: int) -> Codec | None:
-    """The codec of ``refsim run --codec KIND --bits BITS``; "raw" is no codec at all."""
-    return {"raw": None, "float": Codec(None),
-            "quant": Codec(QuantizerConfig(bits, stochastic=True)),
-            "quant-huffman": Codec(QuantizerConfig(bits, stochastic=True), huffman=True)}[kind]
-
-
 def fedavg_config(run_config: Mapping) -> FedAvgConfig:
     """The FedAvgConfig of the run; the same values give ``refsim run`` the same config.
 
@@ -132,8 +123,8 @@ def fedavg_config(run_config: Mapping) -> FedAvgConfig:
             fraction=_real(rc, "fraction"), epochs=_int(rc, "epochs", 1), batch_size=batch_size,
             lr=_real(rc, "lr"), lr_decay=_real(rc, "lr-decay"), rounds=_int(rc, "rounds", 1),
             weighting=Weighting(_choice(rc, "weighting", [w.value for w in Weighting])),
-            server=server, codec=_codec(_choice(rc, "codec", CODECS), bits),
-            downlink=_codec(_choice(rc, "downlink", CODECS), down_bits),
+            server=server, codec=codec_named(_choice(rc, "codec", CODECS), bits),
+            downlink=codec_named(_choice(rc, "downlink", CODECS), down_bits),
             eval_every=_int(rc, "eval-every", 1), eval_holdout=_real(rc, "eval-holdout"),
             seed=_int(rc, "seed", 0), dtype=DType(_choice(rc, "dtype", [d.value for d in DType])),
             init=InitScheme(_choice(rc, "init", [i.value for i in InitScheme])),
@@ -206,11 +197,7 @@ def client_indices(s: AppSettings, labels: np.ndarray, num_clients: int, k: int
     """(training indices, held-out indices) of client k of K, as ``run_fedavg`` computes them:
     the partition of ``refsim run`` (``make_rng(seed, Purpose.PARTITION)``), then
     ``holdout_split(partition, eval_holdout, seed)``."""
-    rng = make_rng(s.config.seed, Purpose.PARTITION)
-    if s.partition == "iid":
-        parts = partition.iid(labels, num_clients, rng)
-    else:
-        parts = partition.shards(labels, num_clients, s.shards_per_client, rng)
+    parts = partition_named(s.partition, labels, num_clients, s.config.seed, s.shards_per_client)
     train, held = holdout_split(parts, s.config.eval_holdout, s.config.seed)
     return train[k], held[k]
 

@@ -1,0 +1,70 @@
+"""The models, codecs and partitions a run names by a word: ``refsim run``'s flags and the Flower app's
+run config use the same vocabulary, and this module is its one meaning.
+
+Models (``MODELS``): ``2nn`` the paper's MNIST 2NN (``mlp_2nn``), ``cnn`` its MNIST CNN
+(``cnn_mnist``), ``logistic`` TFF's softmax regression.
+
+Codecs (``codec_named``), for the uplink and the downlink:
+
+    raw            no codec: the float vector itself (the loop's ``codec=None``)
+    float          ``Codec(None)``: raw floats inside refsim's self-describing format
+    quant          ``Codec(QuantizerConfig(bits, stochastic=True))``: b-bit stochastic
+                   quantization, bit-packed
+    quant-huffman  the same levels, Huffman-coded (``huffman=True``)
+
+Partitions (``partition_named``) of the training labels over K clients, with
+``make_rng(seed, Purpose.PARTITION)``:
+
+    iid      ``refsim.data.partition.iid``: shuffled, equal sizes
+    shards   ``partition.shards``: the FedAvg paper's pathological non-IID split (sorted by
+             label, 2K shards, ``shards_per_client`` each)
+    writers  ``partition.by_group`` of the writer ids: one client per writer (K = the number of
+             writers; no rng)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refsim.backend import Purpose, make_rng
+from refsim.compress import Codec, QuantizerConfig
+from refsim.data import partition
+from refsim.nn import cnn_mnist, logistic, mlp_2nn
+
+__all__ = ["MODELS", "CODEC_NAMES", "PARTITION_NAMES", "codec_named", "partition_named"]
+
+MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}  # name -> model factory
+CODEC_NAMES = ("raw", "float", "quant", "quant-huffman")
+PARTITION_NAMES = ("iid", "shards", "writers")
+
+
+def codec_named(name: str, bits: int) -> Codec | None:
+    """The codec called ``name`` (see the module docstring), quantizing to ``bits`` bits.
+
+    >>> codec_named("raw", 8) is None, codec_named("quant-huffman", 4).huffman
+    (True, True)
+    """
+    if name not in CODEC_NAMES:
+        raise ValueError(f"codec {name!r} is not one of {', '.join(CODEC_NAMES)}")
+    if name == "raw":
+        return None
+    if name == "float":
+        return Codec(None)
+    return Codec(QuantizerConfig(bits, stochastic=True), huffman=name == "quant-huffman")
+
+
+def partition_named(name: str, labels: np.ndarray, num_clients: int, seed: int,
+                    shards_per_client: int = 2, writers: np.ndarray | None = None
+                    ) -> list[np.ndarray]:
+    """The partition called ``name`` of ``labels`` (N,) over ``num_clients`` clients (not used
+    by ``writers``, whose K is the number of distinct ``writers`` (N,))."""
+    if name not in PARTITION_NAMES:
+        raise ValueError(f"partition {name!r} is not one of {', '.join(PARTITION_NAMES)}")
+    if name == "writers":
+        if writers is None:
+            raise ValueError("the writers partition needs the writer of every example")
+        return partition.by_group(writers)
+    rng = make_rng(seed, Purpose.PARTITION)
+    if name == "iid":
+        return partition.iid(labels, num_clients, rng)
+    return partition.shards(labels, num_clients, shards_per_client, rng)
