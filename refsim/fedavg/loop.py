@@ -76,10 +76,10 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     xp = get_xp(params)
     payload, copy_bits = encode_broadcast(config.downlink, model, to_numpy(params), config.seed,
                                           round_)
-    reports = []
+    w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
+    reports = []  # every client receives the same bytes; ClientUpdate never modifies w~_t
     for k in S_t:  # ascending ids; "in parallel" in the paper, independent here
-        w_k = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
-        reports.append(train_client(w_k, data.x_train, data.y_train, partition[int(k)], hp,
+        reports.append(train_client(w_tilde, data.x_train, data.y_train, partition[int(k)], hp,
                                     config.codec, config.seed, round_, int(k)))
     params, state, facts = aggregate_round(params, state, round_, reports, config, model)
     return params, state, {"clients": tuple(int(k) for k in S_t), "lr": hp.lr,
@@ -104,7 +104,8 @@ def finish_round(round_: int, params, facts: dict, previous: RoundMetrics | None
 
 
 def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
-               partition: Sequence[np.ndarray], *, eval_partition: Sequence[np.ndarray] | None = None,
+               partition: Sequence[np.ndarray], *,
+               eval_partition: Sequence[np.ndarray] | None = None,
                run_dir: str | os.PathLike | None = None, resume: bool = False,
                trace: bool = False, trace_every: int = 1,
                on_round: Callable[[RoundMetrics], None] | None = None) -> History:
@@ -132,14 +133,12 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
     xp = get_xp(config.backend)  # ValueError when the backend is not available here
     K = len(partition)
     partition, held_out = holdout_split(partition, config.eval_holdout, config.seed)
-    eval_x, eval_y, eval_parts = data.x_train, data.y_train, held_out
     if eval_partition is not None:
         if config.eval_holdout > 0:
             raise ValueError("give eval_partition or config.eval_holdout > 0, not both")
         if len(eval_partition) != K:
             raise ValueError(f"eval_partition has {len(eval_partition)} clients, the "
                              f"partition {K}")
-        eval_x, eval_y, eval_parts = data.x_test, data.y_test, eval_partition
     meta = {"config": config.to_dict(), "model": model.name, "num_clients": K}
     ckpt = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.npz")
     params = model.init(make_rng(config.seed, Purpose.INIT), config.init.value, config.dtype.np)
@@ -158,8 +157,9 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
         params = xp.asarray(params)
         state = {k: xp.asarray(v) for k, v in state.items()}
         data = FedData(*(xp.asarray(a) for a in data))
-        eval_x, eval_y = ((data.x_test, data.y_test) if eval_partition is not None
-                          else (data.x_train, data.y_train))
+    eval_x, eval_y, eval_parts = ((data.x_test, data.y_test, eval_partition)
+                                  if eval_partition is not None
+                                  else (data.x_train, data.y_train, held_out))
     for t in range(start, config.rounds + 1):
         params, state, facts = run_round(params, state, t, config, model, data, partition)
         row = finish_round(t, params, facts, rows[-1] if rows else None, config, model, data,

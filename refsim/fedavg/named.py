@@ -1,5 +1,5 @@
-"""The models, codecs and partitions a run names by a word: ``refsim run``'s flags and the Flower app's
-run config use the same vocabulary, and this module is its one meaning.
+"""The models, codecs and partitions a run names by a word: ``refsim run``'s flags and the
+Flower app's run config use the same vocabulary, and this module is its one meaning.
 
 Models (``MODELS``): ``2nn`` the paper's MNIST 2NN (``mlp_2nn``), ``cnn`` its MNIST CNN
 (``cnn_mnist``), ``logistic`` TFF's softmax regression.
