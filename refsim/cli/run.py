@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         configs = {(c, e, b): make_config(s, c, e, b) for c in s["codec"] for e, b in pairs}
         data, writers_train, writers_test = make_data(s)
         parts = {p: make_partition(p, s, data.y_train, writers_train) for p in s["partition"]}
+        evals = {p: eval_partition(p, writers_train, writers_test) for p in s["partition"]}
     except UsageError as e:
         print(f"refsim run: error: {e}", file=sys.stderr)
         return 2
@@ -133,11 +134,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir = os.path.join(out, name)
         cfg = configs[(c, e, b)]
 
-        start = time.perf_counter()
-        show = _Progress(name, cfg.rounds, s["quiet"])
+        show = _Progress(name, cfg.rounds, s["quiet"])  # also the run's start time
         try:
             h = run_fedavg(cfg, model, data, parts[p],
-                           eval_partition=eval_partition(p, writers_train, writers_test),
+                           eval_partition=evals[p],
                            run_dir=run_dir, resume=s["resume"], trace=s["trace"],
                            trace_every=s["trace_every"], on_round=show)
         except NonFiniteUpdateError as err:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # e.g. --resume with a checkpoint of another run
             print(f"refsim run: error: {name}: {err}", file=sys.stderr)
             return 2
-        walls[name] = time.perf_counter() - start
+        walls[name] = time.perf_counter() - show.start
         row = _table_row(name, h, model.num_params, s["targets"])
         rows.append(row)
         runs.append((name, h))
