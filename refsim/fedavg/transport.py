@@ -36,7 +36,7 @@ def encode_tensors(codec: Codec | None, model: Model, flat: np.ndarray, key: int
     ``codec.encode(per-tensor views, seed=key)``."""
     if codec is None:
         return flat, 8 * flat.itemsize * flat.size
-    tensors = [flat[s.offset:s.offset + s.size].reshape(s.shape) for s in model.layout]
+    tensors = list(model.views(flat).values())  # per-tensor views in model.layout order
     data = codec.encode(tensors, seed=key)
     return data, 8 * len(data)
 
