@@ -6,7 +6,8 @@ FedAvg CNN and 2NN (McMahan et al., AISTATS 2017, arXiv:1602.05629, Sec. 3)::
     y = max(x, 0),      dx = dy * [x > 0]
 
 At x == 0 the derivative is taken as 0, as in PyTorch and TensorFlow.
-``relu_forward_naive`` / ``relu_backward_naive`` are the element-loop oracles.
+``relu_forward_naive`` / ``relu_backward_naive`` are the element-loop oracles; CuPy arrays go
+to the CUDA kernels of ``refsim.nn.cuda.elementwise``, which give the same bits.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ from __future__ import annotations
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.cuda import is_cupy_array, relu_backward_cuda, relu_forward_cuda
 
 __all__ = ["relu_forward", "relu_backward", "relu_forward_naive", "relu_backward_naive"]
 
 
 def relu_forward(x):
     """y = max(x, 0), any shape; the cache is the mask x > 0. Oracle :func:`relu_forward_naive`."""
+    if is_cupy_array(x):
+        return relu_forward_cuda(x)
     xp = get_xp(x)
     return xp.maximum(x, 0), x > 0  # same shape as x; the 0 takes x's dtype
 
 
 def relu_backward(dy, mask):
     """dx = dy * [x > 0]. Oracle :func:`relu_backward_naive`."""
+    if is_cupy_array(dy):
+        return relu_backward_cuda(dy, mask)
     return dy * mask  # bool mask: the product keeps dy's dtype
 
 

@@ -22,7 +22,8 @@ the TensorFlow/Keras convention (PyTorch's ``padding='same'`` does the same).
 
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are the loop-level oracles; the
 vectorised ``conv2d_forward`` / ``conv2d_backward`` (im2col + GEMM, by batch chunks) are checked
-against them in ``tests/test_nn_conv.py``.
+against them in ``tests/test_nn_conv.py``. For CuPy arrays im2col, col2im, the bias add and
+the bias gradient are the CUDA kernels of ``refsim.nn.cuda`` and the GEMMs are cuBLAS's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda, is_cupy_array
 from refsim.nn.im2col import col2im, im2col
 
 __all__ = [
@@ -178,7 +180,10 @@ def conv2d_forward(x, w, b, padding: str | int = "valid"):
         n1 = min(N, n0 + step)
         cols = im2col(x[n0:n1], K, pads[0], Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)
         y[:, n0:n1] = (w_mat @ cols).reshape(O, n1 - n0, Ho, Wo)
-    y += b[:, None, None, None]
+    if is_cupy_array(y):
+        y = bias_add_cuda(y, b, axis=0)  # (O, N, Ho, Wo)
+    else:
+        y += b[:, None, None, None]
     return y.transpose(1, 0, 2, 3), ConvCache(x, w, pads)  # (N, O, Ho, Wo), a view
 
 
@@ -207,5 +212,5 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
         if need_dx:
             dcols = (w_mat.T @ dy_mat).reshape(C, K, K, n1 - n0, Ho, Wo)
             dx[n0:n1] = col2im(dcols, (n1 - n0, C, H, W), before)
-    db = dy_t.sum(axis=(1, 2, 3))  # (O,)
+    db = channel_sum_cuda(dy_t, axis=0) if is_cupy_array(dy_t) else dy_t.sum(axis=(1, 2, 3))
     return dx, dw.reshape(w.shape), db

@@ -9,7 +9,9 @@ Sec. 3) and of multinomial logistic regression::
 
 Dimensions: N batch, I inputs, O outputs. refsim stores w as (I, O) (the Keras layout);
 PyTorch's ``nn.Linear.weight`` is its transpose (O, I): see ``refsim.nn.convert``.
-``linear_forward_naive`` / ``linear_backward_naive`` are the loop oracles.
+``linear_forward_naive`` / ``linear_backward_naive`` are the loop oracles. For CuPy arrays the
+products go to cuBLAS and the bias add and bias gradient to the kernels of
+``refsim.nn.cuda.elementwise``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda, is_cupy_array
 
 __all__ = ["linear_forward", "linear_backward", "linear_forward_naive", "linear_backward_naive"]
 
@@ -39,6 +43,8 @@ def linear_forward(x, w, b):
     """y = x @ w + b. x : (N, I), w : (I, O), b : (O,) -> y : (N, O); oracle
     :func:`linear_forward_naive`."""
     _check_linear_args(x, w, b)
+    if is_cupy_array(x):
+        return bias_add_cuda(x @ w, b, axis=1), LinearCache(x, w)
     return x @ w + b, LinearCache(x, w)  # (N, O)
 
 
@@ -46,7 +52,8 @@ def linear_backward(dy, cache: LinearCache, need_dx: bool = True):
     """dy : (N, O) -> dx (N, I) (None unless ``need_dx``), dw (I, O), db (O,); oracle
     :func:`linear_backward_naive`."""
     dx = dy @ cache.w.T if need_dx else None  # (N, I)
-    return dx, cache.x.T @ dy, dy.sum(axis=0)  # (I, O), (O,)
+    db = channel_sum_cuda(dy, axis=1) if is_cupy_array(dy) else dy.sum(axis=0)  # (O,)
+    return dx, cache.x.T @ dy, db  # (I, O)
 
 
 def linear_forward_naive(x, w, b):

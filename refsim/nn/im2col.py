@@ -19,6 +19,8 @@ Two implementations of each, one algorithm:
   compiled by Numba (parallel over channels), used for NumPy arrays because NumPy's
   strided copies of short rows are slow. ``tests/test_nn_im2col.py`` pins them to the
   slice versions bit for bit (both add the taps of one element in the same order).
+* ``refsim.nn.cuda.im2col_cuda`` / ``col2im_cuda``: CUDA kernels, used for CuPy arrays, pinned
+  to the slice versions bit for bit by ``tests/test_nn_cuda_kernels.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numba
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.cuda import col2im_cuda, im2col_cuda, is_cupy_array
 
 __all__ = ["im2col", "col2im", "im2col_slices", "col2im_slices", "im2col_numba", "col2im_numba"]
 
@@ -115,14 +118,20 @@ def col2im_numba(cols: np.ndarray, x_shape, before: int) -> np.ndarray:
 
 
 def im2col(x, K: int, before: int, Ho: int, Wo: int):
-    """cols (C, K, K, N, Ho, Wo): the Numba kernel for NumPy arrays, slices otherwise."""
+    """cols (C, K, K, N, Ho, Wo): the Numba kernel for NumPy arrays, the CUDA kernel for CuPy
+    arrays, slices otherwise."""
     if isinstance(x, np.ndarray):
         return im2col_numba(x, K, before, Ho, Wo)
+    if is_cupy_array(x):
+        return im2col_cuda(x, K, before, Ho, Wo)
     return im2col_slices(x, K, before, Ho, Wo)
 
 
 def col2im(cols, x_shape, before: int):
-    """dx (N, C, H, W): the Numba kernel for NumPy arrays, slices otherwise."""
+    """dx (N, C, H, W): the Numba kernel for NumPy arrays, the CUDA kernel for CuPy arrays,
+    slices otherwise."""
     if isinstance(cols, np.ndarray):
         return col2im_numba(cols, x_shape, before)
+    if is_cupy_array(cols):
+        return col2im_cuda(cols, x_shape, before)
     return col2im_slices(cols, x_shape, before)

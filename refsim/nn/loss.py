@@ -7,7 +7,9 @@ AISTATS 2017, arXiv:1602.05629, and PyTorch's ``F.cross_entropy(reduction='mean'
     dz = (softmax(z) - onehot(y)) / N
 
 logsumexp is computed stably as m + log sum exp(z - m), with m = max_k z[n, k].
-``softmax_cross_entropy_naive`` is the per-example loop oracle.
+``softmax_cross_entropy_naive`` is the per-example loop oracle. CuPy arrays go to the CUDA
+kernel of ``refsim.nn.cuda.loss``, which returns the loss as a 0-d device array so that a
+training step does not wait for the GPU.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.cuda import is_cupy_array, softmax_cross_entropy_cuda
 
 __all__ = ["check_labels", "softmax_cross_entropy", "softmax_cross_entropy_naive"]
 
@@ -33,14 +36,20 @@ def check_labels(y, num_samples: int, num_classes: int) -> None:
                          f"[{int(y.min())}, {int(y.max())}]")
 
 
-def softmax_cross_entropy(z, y):
+def softmax_cross_entropy(z, y, check: bool = True):
     """Mean cross-entropy and its gradient. z : (N, K) logits, y : (N,) int labels.
 
-    Returns (loss : float, dz : ndarray (N, K)). Oracle :func:`softmax_cross_entropy_naive`.
+    Returns (loss, dz : ndarray (N, K)); loss is a float for NumPy arrays and a 0-d array for
+    CuPy arrays (``float(loss)`` waits for the GPU). ``check=False`` skips
+    :func:`check_labels` for labels the caller has already checked. Oracle
+    :func:`softmax_cross_entropy_naive`.
     """
-    xp = get_xp(z)
     N, K = z.shape
-    check_labels(y, N, K)
+    if check:
+        check_labels(y, N, K)
+    if is_cupy_array(z):
+        return softmax_cross_entropy_cuda(z, y)
+    xp = get_xp(z)
     rows = xp.arange(N)
     shifted = z - z.max(axis=1, keepdims=True)  # (N, K), max entry 0
     exp = xp.exp(shifted)  # (N, K)

@@ -214,12 +214,21 @@ class Model:
         loss, grad, _ = self.loss_grad_and_logits(params, x, y)
         return loss, grad
 
-    def loss_grad_and_logits(self, params, x, y):
+    def loss_grad_and_logits(self, params, x, y, *, check_values: bool = True):
         """``loss_and_grad`` plus the logits (N, K) of the same forward pass, so a training loop
-        can count correct predictions without a second forward pass."""
-        logits, caches = self._forward(params, x)
-        check_labels(y, x.shape[0], self.num_classes)
-        loss, d = softmax_cross_entropy(logits, y)  # d: (N, K)
+        can count correct predictions without a second forward pass.
+
+        ``check_values=False`` skips the scans for NaN/Inf in x and for labels outside [0, K)
+        (shapes and dtypes are still checked), for a loop that checked its data once; on a GPU
+        each scan waits for the device. The loss is a 0-d array for CuPy arrays (see
+        ``refsim.nn.loss.softmax_cross_entropy``).
+        """
+        logits, caches = self._forward(params, x, check_values)
+        if check_values:
+            check_labels(y, x.shape[0], self.num_classes)
+        elif y.shape != (x.shape[0],):
+            raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+        loss, d = softmax_cross_entropy(logits, y, check=False)  # d: (N, K)
         xp = get_xp(params)
         grad = xp.empty_like(params)
         gview = self.views(grad)
@@ -241,8 +250,8 @@ class Model:
                 gview[f"{layer.name}.bias"][...] = db
         return loss, grad, logits
 
-    def _forward(self, params, x):
-        self._check_input(params, x)
+    def _forward(self, params, x, check_values: bool = True):
+        self._check_input(params, x, check_values)
         view = self.views(params)
         caches = []
         h = x
@@ -274,7 +283,7 @@ class Model:
             raise ValueError(f"{self.name}: params must be a flat vector of length "
                              f"{self.num_params}, got shape {params.shape}")
 
-    def _check_input(self, params, x) -> None:
+    def _check_input(self, params, x, check_values: bool = True) -> None:
         self._check_params(params)
         xp = get_xp(params)
         if not isinstance(x, xp.ndarray):
@@ -285,7 +294,7 @@ class Model:
         if x.dtype != params.dtype:
             raise TypeError(f"{self.name}: x has dtype {x.dtype} but params are {params.dtype}; "
                             f"convert explicitly (e.g. x.astype(params.dtype))")
-        if not bool(xp.isfinite(x).all()):
+        if check_values and not bool(xp.isfinite(x).all()):
             raise ValueError(f"{self.name}: x contains NaN or Inf")
 
 

@@ -16,7 +16,8 @@ element is never the maximum. Layout NCHW.
 Three implementations, one algorithm (``tests/test_nn_pool.py`` pins them together):
 ``maxpool2d_forward_naive`` / ``maxpool2d_backward_naive`` run the loop oracle as plain Python;
 ``maxpool2d_forward`` / ``maxpool2d_backward`` run the same loops compiled by Numba for NumPy
-arrays, and the xp-generic strided-view versions (``*_views``) for other arrays (CuPy).
+arrays, the CUDA kernels of ``refsim.nn.cuda.pool`` for CuPy arrays, and the xp-generic
+strided-view versions (``*_views``) for any other array module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numba
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.nn.cuda import is_cupy_array, maxpool2d_backward_cuda, maxpool2d_forward_cuda
 
 __all__ = [
     "pool_output_size",
@@ -179,10 +181,17 @@ def maxpool2d_backward_naive(dy, cache: PoolCache):
 
 
 def maxpool2d_forward(x, padding: str = "valid"):
-    """2x2/2 max-pool: the compiled loop for NumPy arrays, the strided views otherwise.
+    """2x2/2 max-pool: the compiled loop for NumPy arrays, the CUDA kernel for CuPy arrays,
+    the strided views otherwise.
 
     x : ndarray, shape (N, C, H, W). Returns y (N, C, Ho, Wo) and the cache.
     """
+    if is_cupy_array(x):
+        if x.ndim != 4:
+            raise ValueError(f"maxpool2d: x must have shape (N, C, H, W), got {x.shape}")
+        Ho, Wo = pool_output_size(x.shape[2], padding), pool_output_size(x.shape[3], padding)
+        y, argmax = maxpool2d_forward_cuda(x, Ho, Wo)
+        return y, PoolCache(x.shape, argmax)
     if not isinstance(x, np.ndarray):
         return maxpool2d_forward_views(x, padding)
     y, argmax = _pool_outputs(x, padding)
@@ -191,7 +200,10 @@ def maxpool2d_forward(x, padding: str = "valid"):
 
 
 def maxpool2d_backward(dy, cache: PoolCache):
-    """dx (N, C, H, W): the compiled loop for NumPy arrays, the strided views otherwise."""
+    """dx (N, C, H, W): the compiled loop for NumPy arrays, the CUDA kernel for CuPy arrays,
+    the strided views otherwise."""
+    if is_cupy_array(dy):
+        return maxpool2d_backward_cuda(dy, cache.argmax, cache.x_shape)
     if not isinstance(dy, np.ndarray):
         return maxpool2d_backward_views(dy, cache)
     dx = np.zeros(cache.x_shape, dtype=dy.dtype)  # (N, C, H, W)
