@@ -123,6 +123,8 @@ def _cupy() -> ModuleType | None:
 def get_xp(x_or_name: object) -> ModuleType:
     """The array module of an array, or of a backend named ``"numpy"`` / ``"cupy"``.
 
+    ``"cupy"`` raises ValueError, saying which, when CuPy is not installed or sees no device.
+
     >>> get_xp(np.zeros(3)) is np, get_xp("numpy") is np
     (True, True)
     """
@@ -134,6 +136,9 @@ def get_xp(x_or_name: object) -> ModuleType:
             if cp is None:
                 raise ValueError("backend 'cupy' requested but CuPy is not installed "
                                  "(pip install 'refsim[gpu]')")
+            if "cupy" not in available_backends():
+                raise ValueError("backend 'cupy' requested but CuPy sees no CUDA device "
+                                 "(check the driver and CUDA_VISIBLE_DEVICES)")
             return cp
         raise ValueError(f"unknown backend {x_or_name!r}: expected 'numpy' or 'cupy'")
     # Decide from the type's module so that CuPy is never imported for NumPy arrays.

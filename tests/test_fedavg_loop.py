@@ -104,6 +104,7 @@ class _PoisonedLogistic:
     def __init__(self):
         self._m = logistic()
         self.name, self.layout, self.num_params = self._m.name, self._m.layout, self._m.num_params
+        self.num_classes = self._m.num_classes
 
     def init(self, *a, **k):
         return self._m.init(*a, **k)
@@ -111,8 +112,8 @@ class _PoisonedLogistic:
     def forward(self, params, x):
         return self._m.forward(params, x)
 
-    def loss_grad_and_logits(self, params, x, y):
-        loss, g, logits = self._m.loss_grad_and_logits(params, x, y)
+    def loss_grad_and_logits(self, params, x, y, **checks):
+        loss, g, logits = self._m.loss_grad_and_logits(params, x, y, **checks)
         return loss, (np.full_like(g, np.nan) if (y == 7).all() else g), logits
 
 

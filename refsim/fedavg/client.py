@@ -27,11 +27,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refsim.backend import to_numpy
+from refsim.backend import get_xp, to_numpy
 from refsim.compress import Codec
 from refsim.data.batching import client_batches
 from refsim.fedavg.transport import encode_update
 from refsim.nn import Model, sgd_step
+from refsim.nn.loss import check_labels
 
 __all__ = ["ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError",
            "client_update", "train_client"]
@@ -81,17 +82,31 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     hparams : ClientHParams
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
     """
+    xp = get_xp(params)
+    _check_client_data(hparams.model, x, y, indices)
     w = params.copy()  # (P,)
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0  # device scalars on a GPU: no waits per step
     for batch in client_batches(indices, hparams.batch_size, hparams.epochs, seed, round, client):
-        yb = y[batch]
-        loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[batch], yb)  # grad: (P,)
+        rows = xp.asarray(batch)  # (b,) the batch order is drawn on the host, gathered here
+        yb = y[rows]
+        loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
+                                                                check_values=False)
         w = sgd_step(w, grad, hparams.lr)  # (P,)
         loss_sum += len(batch) * loss
-        correct += int((logits.argmax(axis=1) == yb).sum())
+        correct += (logits.argmax(axis=1) == yb).sum()
         seen += len(batch)
         steps += 1
-    return ClientResult(w - params, int(len(indices)), steps, loss_sum, correct, seen)
+    return ClientResult(w - params, int(len(indices)), steps, float(loss_sum), int(correct), seen)
+
+
+def _check_client_data(model: Model, x, y, indices) -> None:
+    """Once per client, what the model would check at every step: finite images, labels in
+    [0, K) (ValueError naming the problem)."""
+    xp = get_xp(x)
+    rows = xp.asarray(indices)
+    if len(indices) and not bool(xp.isfinite(x[rows]).all()):
+        raise ValueError("the client's training images contain NaN or Inf")
+    check_labels(y[rows], len(indices), model.num_classes)
 
 
 @dataclass(frozen=True)
@@ -120,9 +135,10 @@ def train_client(client_params: np.ndarray, x: np.ndarray, y: np.ndarray, indice
     """Client k's whole part of round t: ClientUpdate from the weights it received, then the
     uplink encoding of its update (``transport.encode_update``, key (seed, t, k))."""
     r = client_update(client_params, x, y, indices, hparams, seed, round_, client)
-    delta = to_numpy(r.delta)  # (P,) the codec runs on the host
+    # The codec runs on the host (Numba); a raw update stays where it was computed.
+    delta = r.delta if codec is None else to_numpy(r.delta)  # (P,)
     payload, bits, entropy = None, 0, None
-    if np.isfinite(delta).all():
+    if bool(get_xp(delta).isfinite(delta).all()):
         payload, bits, entropy = encode_update(codec, hparams.model, delta, seed, round_, client)
     return ClientReport(client, r.num_examples, r.num_batches, r.loss_sum, r.num_correct,
                         r.num_seen, payload, bits, entropy)

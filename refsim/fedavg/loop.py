@@ -74,8 +74,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     S_t = sample_clients(config.seed, round_, K, m)  # (m,)
     hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_))
     xp = get_xp(params)
-    payload, copy_bits = encode_broadcast(config.downlink, model, to_numpy(params), config.seed,
-                                          round_)
+    sent = params if config.downlink is None else to_numpy(params)  # codecs run on the host
+    payload, copy_bits = encode_broadcast(config.downlink, model, sent, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
     reports = []  # every client receives the same bytes; ClientUpdate never modifies w~_t
     for k in S_t:  # ascending ids; "in parallel" in the paper, independent here

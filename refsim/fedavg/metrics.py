@@ -3,11 +3,11 @@
 What is measured (McMahan et al., AISTATS 2017, arXiv:1602.05629, Sec. 3 reports test accuracy
 against communication rounds; TFF and Flower report the training metrics below):
 
-* train_loss / train_accuracy: the broadcast model w_t evaluated on the training examples of
-  the clients sampled in round t, example-weighted: sum_k n_k * metric_k / sum_k n_k over the
-  sampled clients (before local training; *deviation*: TFF's ``build_weighted_fed_avg`` instead
-  averages the loss of each minibatch seen during local training, which depends on the
-  learning rate and is not a property of one model).
+* train_loss / train_accuracy: as TFF's ``build_weighted_fed_avg`` reports them: every local
+  minibatch b of every reporting client contributes |b| * (its mean loss) and its correct argmax
+  predictions, both from the forward pass *before* that batch's SGD step
+  (``refsim.fedavg.client``); train_loss = sum of those / sum |b|, train_accuracy = correct /
+  sum |b|.
 * test_loss / test_accuracy: w_{t+1} (after the round) on the whole test set, at the evaluation
   cadence (every ``eval_every`` rounds and always at the last round); empty otherwise.
 * fed_eval_loss / fed_eval_accuracy: w_{t+1} on every client's held-out examples
@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from refsim.backend import get_xp
 from refsim.nn import Model
 from refsim.nn.loss import softmax_cross_entropy
 
@@ -95,7 +96,7 @@ def evaluate(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray,
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         logits = model.forward(params, xb)  # (b, K)
         loss, _ = softmax_cross_entropy(logits, yb)
-        loss_sum += loss * len(yb)
+        loss_sum += float(loss) * len(yb)
         correct += int((logits.argmax(axis=1) == yb).sum())
     return loss_sum / n, correct / n
 
@@ -108,7 +109,8 @@ def federated_evaluate(model: Model, params: np.ndarray, x: np.ndarray, y: np.nd
     for idx in eval_parts:
         if len(idx) == 0:
             continue
-        loss_k, acc_k = evaluate(model, params, x[idx], y[idx])
+        rows = get_xp(x).asarray(idx)  # (n_k,) on the device of x
+        loss_k, acc_k = evaluate(model, params, x[rows], y[rows])
         n_total += len(idx)
         loss_sum += len(idx) * loss_k
         acc_sum += len(idx) * acc_k

@@ -106,6 +106,7 @@ def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, n
     Arithmetic is in the dtype of params (scalars cast to it); inputs are not modified.
     """
     dt = params.dtype.type
+    xp = get_xp(params)
     g = -mean_delta  # (P,)
     if opt.kind is ServerOpt.SGD:
         return params - dt(opt.lr) * g, {}
@@ -119,13 +120,13 @@ def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, n
     if opt.kind is ServerOpt.ADAM:
         v = b2 * state["v"] + (dt(1) - b2) * d2
     elif opt.kind is ServerOpt.YOGI:
-        v = state["v"] - (dt(1) - b2) * d2 * np.sign(state["v"] - d2)
+        v = state["v"] - (dt(1) - b2) * d2 * xp.sign(state["v"] - d2)
     else:
         v = state["v"] + d2
     eta = opt.lr
     if opt.bias_correction:
         eta = opt.lr * np.sqrt(1 - opt.beta2 ** (round_ + 1.0)) / (1 - opt.beta1 ** (round_ + 1.0))
-    return params + dt(eta) * m / (np.sqrt(v) + dt(opt.tau)), {"m": m, "v": v}
+    return params + dt(eta) * m / (xp.sqrt(v) + dt(opt.tau)), {"m": m, "v": v}
 
 
 def aggregate_round(params, state: dict, round_: int, reports: Sequence[ClientReport],

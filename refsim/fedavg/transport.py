@@ -25,6 +25,7 @@ import numpy as np
 from refsim.compress import (Codec, QSGDConfig, QuantizerConfig, broadcast_key, quantize_key,
                              report, tff_round_bits)
 from refsim.nn import Model
+from refsim.nn.cuda import is_cupy_array
 
 __all__ = ["encode_tensors", "decode_tensors", "encode_update", "encode_broadcast",
            "decode_broadcast", "tff_uplink_bits"]
@@ -48,7 +49,7 @@ def decode_tensors(payload: bytes | np.ndarray, model: Model, dtype) -> np.ndarr
     model's tensors (count, shapes) in the expected dtype.
     """
     dtype = np.dtype(dtype)
-    if isinstance(payload, np.ndarray):
+    if isinstance(payload, np.ndarray) or is_cupy_array(payload):  # raw, on the host or a GPU
         if payload.shape != (model.num_params,) or payload.dtype != dtype:
             raise ValueError(f"a raw payload must be ({model.num_params},) {dtype}, got "
                              f"{payload.shape} {payload.dtype}")
