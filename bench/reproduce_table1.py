@@ -30,12 +30,16 @@ class _Reached(Exception):
     pass
 
 
-def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed: int):
+def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed: int,
+            model=None, epochs: int = 1, batch_size: int | None = 10, backend: str = "numpy"):
+    """(first round with test accuracy >= target or None, [best accuracy, its round]) of one
+    run: K = 100, IID or 2 shards of 300 per client, the 2NN unless ``model`` is given."""
     data = from_images(load_mnist())
     rng = make_rng(seed, Purpose.PARTITION)
     parts = (partition.iid(data.y_train, 100, rng) if kind == "iid"
              else partition.shards(data.y_train, 100, 2, rng))
-    cfg = FedAvgConfig(fraction=c, epochs=1, batch_size=10, lr=lr, rounds=max_rounds, seed=seed)
+    cfg = FedAvgConfig(fraction=c, epochs=epochs, batch_size=batch_size, lr=lr,
+                       rounds=max_rounds, seed=seed, backend=backend)
     best = [0.0, 0]
 
     def check(row):
@@ -45,7 +49,7 @@ def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed
             raise _Reached(row.round)
 
     try:
-        run_fedavg(cfg, mlp_2nn(), data, parts, on_round=check)
+        run_fedavg(cfg, model if model is not None else mlp_2nn(), data, parts, on_round=check)
         return None, best
     except _Reached as e:
         return e.args[0], best

@@ -4,6 +4,10 @@ import pytest
 
 from refsim.backend import available_backends, get_xp
 
+# A CPU stand-in for CuPy, used only when put on PYTHONPATH on purpose (docs/gpu.md); never
+# collected, so that ``import cupy`` keeps meaning the real one.
+collect_ignore = ["fake_cupy"]
+
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):

@@ -123,19 +123,6 @@ def test_backend_field_is_validated_and_an_absent_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="backend must be one of numpy, cupy"):
         FedAvgConfig(backend="tpu")
     if "cupy" in available_backends():
-        pytest.skip("CuPy and a device are present; the GPU test below covers this")
+        pytest.skip("CuPy and a device are present; tests/test_gpu_fedavg.py covers the backend")
     with pytest.raises(ValueError, match="cupy"):
         run_fedavg(FedAvgConfig(backend="cupy"), logistic(), _data("float32"), _partition())
-
-
-@pytest.mark.gpu
-def test_cupy_backend_matches_numpy_within_float_rounding():
-    if "cupy" not in available_backends():
-        pytest.skip("needs CuPy and a CUDA device")
-    data, parts = _data("float64"), _partition()
-    common = dict(fraction=0.5, epochs=2, batch_size=8, lr=0.1, rounds=3, seed=2,
-                  dtype=DType.FLOAT64)  # no codec: a last-ulp difference could flip a level
-    cpu = run_fedavg(FedAvgConfig(**common), mlp_2nn(), data, parts)
-    gpu = run_fedavg(FedAvgConfig(backend="cupy", **common), mlp_2nn(), data, parts)
-    np.testing.assert_allclose(gpu.params, cpu.params, rtol=1e-9, atol=1e-12)
-    assert [r.clients for r in gpu.rounds] == [r.clients for r in cpu.rounds]

@@ -153,11 +153,14 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 # from x instead of keeping a (C*K*K, N*Ho*Wo) matrix alive between the passes.
 
 CHUNK_BYTES = 4 * 2**20
+CHUNK_BYTES_GPU = 2**30  # on a GPU, few large GEMMs beat many small launches
 
 
-def _chunk_size(C: int, K: int, Ho: int, Wo: int, itemsize: int) -> int:
-    """Examples per im2col block: as many as fit in CHUNK_BYTES, at least one."""
-    return max(1, CHUNK_BYTES // (C * K * K * Ho * Wo * itemsize))
+def _chunk_size(x, C: int, K: int, Ho: int, Wo: int) -> int:
+    """Examples per im2col block: as many as fit in CHUNK_BYTES (CHUNK_BYTES_GPU for CuPy
+    arrays), at least one."""
+    budget = CHUNK_BYTES_GPU if is_cupy_array(x) else CHUNK_BYTES
+    return max(1, budget // (C * K * K * Ho * Wo * x.itemsize))
 
 
 def conv2d_forward(x, w, b, padding: str | int = "valid"):
@@ -175,7 +178,7 @@ def conv2d_forward(x, w, b, padding: str | int = "valid"):
     Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
     w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
     y = xp.empty((O, N, Ho, Wo), dtype=x.dtype)  # (O, N, Ho, Wo): the GEMM's natural layout
-    step = _chunk_size(C, K, Ho, Wo, x.itemsize)
+    step = _chunk_size(x, C, K, Ho, Wo)
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         cols = im2col(x[n0:n1], K, pads[0], Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)
@@ -203,7 +206,7 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3))  # (O, N, Ho, Wo)
     dw = xp.zeros((O, C * K * K), dtype=dy.dtype)  # (O, C*K*K)
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None  # (N, C, H, W)
-    step = _chunk_size(C, K, Ho, Wo, x.itemsize)
+    step = _chunk_size(x, C, K, Ho, Wo)
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         cols = im2col(x[n0:n1], K, before, Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)

@@ -120,18 +120,18 @@ def col2im_numba(cols: np.ndarray, x_shape, before: int) -> np.ndarray:
 def im2col(x, K: int, before: int, Ho: int, Wo: int):
     """cols (C, K, K, N, Ho, Wo): the Numba kernel for NumPy arrays, the CUDA kernel for CuPy
     arrays, slices otherwise."""
-    if isinstance(x, np.ndarray):
-        return im2col_numba(x, K, before, Ho, Wo)
     if is_cupy_array(x):
         return im2col_cuda(x, K, before, Ho, Wo)
+    if isinstance(x, np.ndarray):
+        return im2col_numba(x, K, before, Ho, Wo)
     return im2col_slices(x, K, before, Ho, Wo)
 
 
 def col2im(cols, x_shape, before: int):
     """dx (N, C, H, W): the Numba kernel for NumPy arrays, the CUDA kernel for CuPy arrays,
     slices otherwise."""
-    if isinstance(cols, np.ndarray):
-        return col2im_numba(cols, x_shape, before)
     if is_cupy_array(cols):
         return col2im_cuda(cols, x_shape, before)
+    if isinstance(cols, np.ndarray):
+        return col2im_numba(cols, x_shape, before)
     return col2im_slices(cols, x_shape, before)
