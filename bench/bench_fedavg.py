@@ -14,36 +14,21 @@ load the global state, SGD over the client's batches, then sum(n_k * w_k) / sum(
 """
 
 import os
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 
 from refsim.backend import Purpose, make_rng
-from refsim.data import batch_order, load_mnist, partition
+from refsim.data import load_mnist, partition
 from refsim.fedavg import DType, FedAvgConfig, from_images, run_round
-from refsim.nn import cnn_mnist, from_torch_state_dict, mlp_2nn, to_torch_state_dict
+from refsim.nn import cnn_mnist, from_torch_state_dict, mlp_2nn
+from torch_fedavg import torch_round
 
 torch = pytest.importorskip("torch", reason="the PyTorch baseline needs torch==2.13.0 (CPU)")
-nn, F = torch.nn, torch.nn.functional
 
 THREADS = len(os.sched_getaffinity(0))
 LR, B, SEED, K = 0.05, 10, 0, 10
 MODELS = {"mlp_2nn": mlp_2nn, "cnn_mnist": cnn_mnist}
-
-
-def _torch_net(name):
-    if name == "cnn_mnist":
-        return nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(1, 32, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(32, 64, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-            ("flatten", nn.Flatten()), ("fc1", nn.Linear(3136, 512)), ("relu3", nn.ReLU()),
-            ("fc2", nn.Linear(512, 10))]))
-    return nn.Sequential(OrderedDict([
-        ("flatten", nn.Flatten()), ("fc1", nn.Linear(784, 200)), ("relu1", nn.ReLU()),
-        ("fc2", nn.Linear(200, 200)), ("relu2", nn.ReLU()), ("fc3", nn.Linear(200, 10))]))
-
-
 _DATA = {}
 
 
@@ -62,27 +47,7 @@ def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None):
 
 
 def _torch_round(name, model, params, data, parts):
-    """Plain PyTorch FedAvg round over clients 0..len(parts)-1 (round 1's batch order)."""
-    net = _torch_net(name).to(torch.float64 if params.dtype == np.float64 else torch.float32)
-    global_state = OrderedDict((k, torch.from_numpy(v.copy()))
-                               for k, v in to_torch_state_dict(model, params).items())
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    total, weights = None, 0
-    for k, idx in enumerate(parts):
-        net.load_state_dict(global_state)
-        opt = torch.optim.SGD(net.parameters(), lr=LR)
-        order = torch.from_numpy(batch_order(idx, 1, SEED, 1, k)[0])
-        for s in range(0, len(order), B):
-            b = order[s:s + B]
-            opt.zero_grad()
-            F.cross_entropy(net(x[b]), y[b]).backward()
-            opt.step()
-        n_k = len(idx)
-        sd = net.state_dict()
-        total = ({n: n_k * t.clone() for n, t in sd.items()} if total is None
-                 else {n: total[n] + n_k * sd[n] for n in sd})
-        weights += n_k
-    return OrderedDict((n, t / weights) for n, t in total.items())
+    return torch_round(name, model, params, data, parts, LR, B, SEED)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -31,9 +31,11 @@ class _Reached(Exception):
 
 
 def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed: int,
-            model=None, epochs: int = 1, batch_size: int | None = 10, backend: str = "numpy"):
+            model=None, epochs: int = 1, batch_size: int | None = 10, backend: str = "numpy",
+            progress: bool = False):
     """(first round with test accuracy >= target or None, [best accuracy, its round]) of one
-    run: K = 100, IID or 2 shards of 300 per client, the 2NN unless ``model`` is given."""
+    run: K = 100, IID or 2 shards of 300 per client, the 2NN unless ``model`` is given;
+    ``progress`` prints each round's test accuracy and elapsed time."""
     data = from_images(load_mnist())
     rng = make_rng(seed, Purpose.PARTITION)
     parts = (partition.iid(data.y_train, 100, rng) if kind == "iid"
@@ -41,8 +43,12 @@ def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed
     cfg = FedAvgConfig(fraction=c, epochs=epochs, batch_size=batch_size, lr=lr,
                        rounds=max_rounds, seed=seed, backend=backend)
     best = [0.0, 0]
+    start = time.perf_counter()
 
     def check(row):
+        if progress:
+            print(f"  round {row.round}: test accuracy {row.test_accuracy:.4f} "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
         if row.test_accuracy > best[0]:
             best[:] = [row.test_accuracy, row.round]
         if row.test_accuracy >= target:

@@ -50,7 +50,8 @@ def main() -> None:
         kind, e, b = _row(spec)
         start = time.perf_counter()
         rounds, best = run_row(kind, 0.1, args.lr, args.target, args.max_rounds, args.seed,
-                               model=cnn_mnist(), epochs=e, batch_size=b, backend=args.backend)
+                               model=cnn_mnist(), epochs=e, batch_size=b, backend=args.backend,
+                               progress=True)
         ours = str(rounds) if rounds is not None else f">{args.max_rounds}"
         print(f"{kind:<10}{e:>4}{'inf' if b is None else b:>5}{PAPER[(kind, e, b)]:>8}{ours:>8}"
               f"{f'{best[0]:.4f} ({best[1]})':>20}{time.perf_counter() - start:>9.1f}", flush=True)
