@@ -32,7 +32,7 @@ MODELS = {"mlp_2nn": mlp_2nn, "cnn_mnist": cnn_mnist}
 _DATA = {}
 
 
-def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None):
+def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None, stack=1):
     if dtype not in _DATA:
         _DATA[dtype] = from_images(load_mnist(), dtype.np, train_limit=K * 600, test_limit=10)
     data = _DATA[dtype]
@@ -42,7 +42,7 @@ def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None):
     model = MODELS[name]()
     params = model.init(make_rng(SEED, Purpose.INIT), "torch", dtype.np)
     cfg = FedAvgConfig(fraction=1.0, epochs=1, batch_size=B, lr=LR, rounds=1, seed=SEED,
-                       dtype=dtype)
+                       dtype=dtype, client_stack=stack)
     return model, params, data, parts, cfg
 
 
@@ -50,17 +50,20 @@ def _torch_round(name, model, params, data, parts):
     return torch_round(name, model, params, data, parts, LR, B, SEED)
 
 
+@pytest.mark.parametrize("stack", [1, 10], ids=["one-at-a-time", "side-by-side"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_refsim_round(benchmark, name):
-    model, params, data, parts, cfg = _setup(name, 2, DType.FLOAT64, sizes=(60, 37))
+def test_refsim_round(benchmark, name, stack):
+    """client_stack 1 (the reference path) and 10 (the GPU-oriented side-by-side path)."""
+    sizes = (60, 37) if stack == 1 else (60, 60)  # side by side needs equal n_k
+    model, params, data, parts, cfg = _setup(name, 2, DType.FLOAT64, sizes, stack)
     torch.set_num_threads(THREADS)
     expected = from_torch_state_dict(model, _torch_round(name, model, params, data, parts))
     got, _, _ = run_round(params, {}, 1, cfg, model, data, parts)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-11,
                                err_msg=f"refsim round vs PyTorch loop (float64), {name}")
-    model, params, data, parts, cfg = _setup(name, K)
+    model, params, data, parts, cfg = _setup(name, K, stack=stack)
     benchmark.group = f"fedavg round {name} 10x600 B=10"
-    benchmark.extra_info.update(threads=THREADS, role="candidate")
+    benchmark.extra_info.update(threads=THREADS, role="candidate", client_stack=stack)
     benchmark.pedantic(run_round, args=(params, {}, 1, cfg, model, data, parts),
                        rounds=3, iterations=1, warmup_rounds=1)
 

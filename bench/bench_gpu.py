@@ -2,7 +2,8 @@
 
 Issue goals: the CNN training step within 1.5x of PyTorch at B = 50 and 600 (B = 10 reported);
 one FedAvg round of the paper's CNN setting (10 clients x 600 examples, E = 1, B = 10; McMahan
-et al., AISTATS 2017, arXiv:1602.05629) faster than a plain PyTorch loop. Skipped without CuPy,
+et al., AISTATS 2017, arXiv:1602.05629) faster than a plain PyTorch loop, with the clients
+trained one at a time and side by side (``FedAvgConfig.client_stack = 10``). Skipped without CuPy,
 a CUDA device and a CUDA build of torch. Run on the GPU machine:
 
     python -m pytest bench/bench_gpu.py --benchmark-enable --benchmark-json=gpu.json
@@ -110,7 +111,7 @@ def test_torch_cnn_step(benchmark, batch, tf32):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _round_setup(name, dtype, sizes=None):
+def _round_setup(name, dtype, sizes=None, stack=1):
     data = _data(dtype)
     parts = partition.iid(data.y_train, K, make_rng(SEED, Purpose.PARTITION))
     if sizes is not None:
@@ -118,7 +119,7 @@ def _round_setup(name, dtype, sizes=None):
     model = MODELS[name]()
     params = model.init(make_rng(SEED, Purpose.INIT), "torch", dtype.np)
     cfg = FedAvgConfig(fraction=1.0, epochs=1, batch_size=10, lr=LR, rounds=1, seed=SEED,
-                       dtype=dtype, backend="cupy")
+                       dtype=dtype, backend="cupy", client_stack=stack)
     device_data = FedData(*(cp.asarray(a) for a in data))
     return model, params, data, device_data, parts, cfg
 
@@ -135,17 +136,20 @@ def _torch_round_synced(*args, **kwargs):
     return out
 
 
+@pytest.mark.parametrize("stack", [1, 10], ids=["one-at-a-time", "side-by-side"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_refsim_round(benchmark, name):
-    model, params, data, ddata, parts, cfg = _round_setup(name, DType.FLOAT64, sizes=(60, 37))
+def test_refsim_round(benchmark, name, stack):
+    """client_stack 1 (the reference path) and 10 (all ten clients side by side)."""
+    sizes = (60, 37) if stack == 1 else (60, 60)  # side by side needs equal n_k
+    model, params, data, ddata, parts, cfg = _round_setup(name, DType.FLOAT64, sizes, stack)
     got, _, _ = run_round(cp.asarray(params), {}, 1, cfg, model, ddata, parts)
     state = torch_round(name, model, params, data, parts, LR, 10, SEED, device="cuda")
     expected = from_torch_state_dict(model, {k: v.cpu() for k, v in state.items()})
     np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-9, atol=1e-11,
                                err_msg=f"refsim CuPy round vs PyTorch CUDA loop (float64), {name}")
-    model, params, _, ddata, parts, cfg = _round_setup(name, DType.FLOAT32)
+    model, params, _, ddata, parts, cfg = _round_setup(name, DType.FLOAT32, stack=stack)
     benchmark.group = f"gpu fedavg round {name} 10x600 B=10"
-    benchmark.extra_info.update(role="candidate")
+    benchmark.extra_info.update(role="candidate", client_stack=stack)
     benchmark.pedantic(_refsim_round, args=(cp.asarray(params), cfg, model, ddata, parts),
                        rounds=3, iterations=1, warmup_rounds=1)
 

@@ -94,6 +94,20 @@ def test_float32_run_on_cupy_stays_within_float32_rounding_of_numpy(name):
     assert [r.clients for r in gpu32.rounds] == [r.clients for r in cpu32.rounds]
 
 
+@pytest.mark.parametrize("name", ["2nn", "cnn"])
+def test_clients_side_by_side_on_cupy_match_the_numpy_reference_run(name):
+    """client_stack = 3 on the GPU (batched cuBLAS products) against one client at a time on
+    the CPU, float64: weights to rtol 1e-9."""
+    sizes = [20, 20, 20, 9, 20, 9]
+    data, parts = mnist_slice("float64", sum(sizes), 50), contiguous_partition(sizes)
+    base = dict(fraction=1.0, epochs=1, batch_size=6, lr=0.05, rounds=2, seed=1,
+                dtype=DType.FLOAT64)
+    cpu = run_fedavg(FedAvgConfig(**base), MODELS[name](), data, parts)
+    gpu = run_fedavg(FedAvgConfig(backend="cupy", client_stack=3, **base), MODELS[name](), data,
+                     parts)
+    np.testing.assert_allclose(gpu.params, cpu.params, rtol=1e-9, atol=1e-12)
+
+
 def test_codec_and_server_optimizer_on_cupy_match_numpy_in_float64():
     """8-bit stochastic quantization + Huffman on the host, FedAdam on the device."""
     data, parts = _data("float64"), contiguous_partition(SIZES)

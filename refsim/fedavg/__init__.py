@@ -2,7 +2,7 @@
 Algorithm 1) as a readable loop. Read ``loop.py`` first; semantics in ``docs/fedavg.md``."""
 
 from refsim.fedavg.client import (ClientHParams, ClientReport, ClientResult, NonFiniteUpdateError,
-                                  client_update, train_client)
+                                  client_update, report_update, train_client)
 from refsim.fedavg.config import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
                                   ServerOptConfig, Weighting, clients_per_round)
 from refsim.fedavg.dataset import FedData, from_images, holdout_split
@@ -11,6 +11,7 @@ from refsim.fedavg.metrics import (History, RoundMetrics, evaluate, federated_ev
                                    metrics_csv, metrics_jsonl, rounds_to_targets)
 from refsim.fedavg.server import (aggregate_round, init_server_state, server_update,
                                   weighted_average)
+from refsim.fedavg.stacked import client_updates, stacked_client_update
 from refsim.fedavg.transport import (decode_broadcast, decode_tensors, encode_broadcast,
                                      encode_tensors, encode_update)
 
@@ -18,7 +19,7 @@ __all__ = [
     "FedAvgConfig", "ServerOptConfig", "ServerOpt", "Weighting", "NanPolicy", "DType",
     "InitScheme", "clients_per_round",
     "ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError", "client_update",
-    "train_client",
+    "train_client", "report_update", "client_updates", "stacked_client_update",
     "weighted_average", "init_server_state", "server_update", "aggregate_round",
     "encode_tensors", "decode_tensors", "encode_update", "encode_broadcast", "decode_broadcast",
     "FedData", "from_images", "holdout_split",

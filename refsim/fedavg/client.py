@@ -35,7 +35,7 @@ from refsim.nn import Model, sgd_step
 from refsim.nn.loss import check_labels
 
 __all__ = ["ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError",
-           "client_update", "train_client"]
+           "client_update", "train_client", "report_update", "check_client_data"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
     """
     xp = get_xp(params)
-    _check_client_data(hparams.model, x, y, indices)
+    check_client_data(hparams.model, x, y, indices)
     w = params.copy()  # (P,)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0  # device scalars on a GPU: no waits per step
     for batch in client_batches(indices, hparams.batch_size, hparams.epochs, seed, round, client):
@@ -99,7 +99,7 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     return ClientResult(w - params, int(len(indices)), steps, float(loss_sum), int(correct), seen)
 
 
-def _check_client_data(model: Model, x, y, indices) -> None:
+def check_client_data(model: Model, x, y, indices) -> None:
     """Once per client, what the model would check at every step: finite images, labels in
     [0, K) (ValueError naming the problem)."""
     xp = get_xp(x)
@@ -133,12 +133,19 @@ def train_client(client_params: np.ndarray, x: np.ndarray, y: np.ndarray, indice
                  hparams: ClientHParams, codec: Codec | None, seed: int, round_: int,
                  client: int) -> ClientReport:
     """Client k's whole part of round t: ClientUpdate from the weights it received, then the
-    uplink encoding of its update (``transport.encode_update``, key (seed, t, k))."""
+    uplink encoding of its update (:func:`report_update`)."""
     r = client_update(client_params, x, y, indices, hparams, seed, round_, client)
+    return report_update(r, hparams.model, codec, seed, round_, client)
+
+
+def report_update(r: ClientResult, model: Model, codec: Codec | None, seed: int, round_: int,
+                  client: int) -> ClientReport:
+    """The :class:`ClientReport` of client k's result: its update encoded for the uplink
+    (``transport.encode_update``, key (seed, t, k)), or no payload when it has NaN or Inf."""
     # The codec runs on the host (Numba); a raw update stays where it was computed.
     delta = r.delta if codec is None else to_numpy(r.delta)  # (P,)
     payload, bits, entropy = None, 0, None
     if bool(get_xp(delta).isfinite(delta).all()):
-        payload, bits, entropy = encode_update(codec, hparams.model, delta, seed, round_, client)
+        payload, bits, entropy = encode_update(codec, model, delta, seed, round_, client)
     return ClientReport(client, r.num_examples, r.num_batches, r.loss_sum, r.num_correct,
                         r.num_seen, payload, bits, entropy)

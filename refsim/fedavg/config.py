@@ -200,6 +200,7 @@ class FedAvgConfig:
     init: InitScheme = InitScheme.KERAS
     nan_policy: NanPolicy = NanPolicy.RAISE
     backend: str = "numpy"                # "numpy" or "cupy" (weights and data on the GPU)
+    client_stack: int = 1                 # train up to this many equal-sized clients side by side
 
     def __post_init__(self):
         _check_real("fraction", self.fraction, 0.0, 1.0)
@@ -226,6 +227,7 @@ class FedAvgConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got "
                              f"{self.backend!r}")
+        check_int("client_stack", self.client_stack, 1)
 
     def client_lr(self, round_: int) -> float:
         """The client learning rate of round ``round_`` (1-based): lr * lr_decay**(round - 1)."""

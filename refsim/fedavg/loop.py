@@ -33,11 +33,12 @@ import numpy as np
 
 from refsim.backend import Purpose, get_xp, make_rng, to_numpy
 from refsim.data.batching import batch_order
-from refsim.fedavg.client import ClientHParams, train_client
+from refsim.fedavg.client import ClientHParams, report_update
 from refsim.fedavg.config import FedAvgConfig, clients_per_round
 from refsim.fedavg.dataset import FedData, holdout_split
 from refsim.fedavg.metrics import History, RoundMetrics, evaluate, federated_evaluate
 from refsim.fedavg.server import aggregate_round, init_server_state
+from refsim.fedavg.stacked import client_updates
 from refsim.fedavg.transport import decode_broadcast, encode_broadcast
 from refsim.fedavg.storage import (FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json,
                                    write_npz)
@@ -65,7 +66,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
 
     Composed of the pieces a distributed deployment calls on its own machines
     (``refsim.flower`` does): ``sample_clients`` and ``encode_broadcast`` on the server,
-    ``decode_broadcast`` and ``train_client`` on each client, ``aggregate_round`` on the server.
+    ``decode_broadcast`` and ``train_client`` (``client_update`` + ``report_update``) on each
+client, ``aggregate_round`` on the server.
     The dict holds clients, lr, broadcast_bits and the facts of ``aggregate_round`` (the loop
     adds test metrics and cumulative bits in ``finish_round``).
     """
@@ -77,10 +79,13 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     sent = params if config.downlink is None else to_numpy(params)  # codecs run on the host
     payload, copy_bits = encode_broadcast(config.downlink, model, sent, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
-    reports = []  # every client receives the same bytes; ClientUpdate never modifies w~_t
-    for k in S_t:  # ascending ids; "in parallel" in the paper, independent here
-        reports.append(train_client(w_tilde, data.x_train, data.y_train, partition[int(k)], hp,
-                                    config.codec, config.seed, round_, int(k)))
+    # Every client receives the same bytes; ClientUpdate never modifies w~_t. "In parallel" in
+    # the paper: here one at a time in ascending id, or side by side (config.client_stack).
+    parts = [partition[int(k)] for k in S_t]
+    reports = [None] * m
+    for i, r in client_updates(w_tilde, data.x_train, data.y_train, parts, hp, config.seed,
+                               round_, S_t, config.client_stack):
+        reports[i] = report_update(r, model, config.codec, config.seed, round_, int(S_t[i]))
     params, state, facts = aggregate_round(params, state, round_, reports, config, model)
     return params, state, {"clients": tuple(int(k) for k in S_t), "lr": hp.lr,
                            "broadcast_bits": m * copy_bits, **facts}

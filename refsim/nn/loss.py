@@ -38,8 +38,8 @@ def check_labels(y, num_samples: int, num_classes: int) -> None:
 def softmax_cross_entropy(z, y, check: bool = True):
     """Mean cross-entropy and its gradient. z : (N, K) logits, y : (N,) int labels.
 
-    Returns (loss, dz : ndarray (N, K)); loss is a float for NumPy arrays and a 0-d array for
-    CuPy arrays (``float(loss)`` waits for the GPU). ``check=False`` skips
+    Returns (loss, dz : ndarray (N, K)); loss is a float for NumPy arrays and a float64 0-d
+    array for CuPy arrays (``float(loss)`` waits for the GPU). ``check=False`` skips
     :func:`check_labels` for labels the caller has already checked. Oracle
     :func:`softmax_cross_entropy_naive`.
     """

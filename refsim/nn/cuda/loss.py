@@ -7,7 +7,8 @@ One loop step per example n of logits z (N, K) and label y_n::
     loss[n] = log(s) - (z[n, y_n] - m)
     dz[n, k] = (exp(z[n, k] - m) / s - [k == y_n]) / N
 
-then L = (1/N) sum_n loss[n], summed by ``channel_sum_cuda`` (a fixed order). The oracle
+then L = (1/N) sum_n loss[n], summed by ``channel_sum_cuda`` (a fixed order) in the logits'
+dtype and returned as a float64 0-d array (the oracle returns a Python float). The oracle
 computes the same expressions with NumPy's exp, log and pairwise sums, so the two agree to
 float rounding (``tests/test_nn_cuda_kernels.py`` states the tolerances). A label outside
 [0, K) makes that example's loss and gradient row NaN instead of reading outside z; callers
@@ -15,6 +16,8 @@ check labels first (``refsim.nn.loss.check_labels``).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from refsim.backend import get_xp
 from refsim.nn.cuda.elementwise import channel_sum_cuda
@@ -52,7 +55,7 @@ extern "C" __global__ void refsim_softmax_xent(
 
 
 def softmax_cross_entropy_cuda(z, y, launch=cupy_launch):
-    """(L, dz): L the mean loss as a 0-d array (no device synchronisation), dz (N, K).
+    """(L, dz): L the mean loss as a float64 0-d array (no device synchronisation), dz (N, K).
 
     z : (N, K) float logits; y : (N,) integer labels (cast to int64).
     """
@@ -66,4 +69,4 @@ def softmax_cross_entropy_cuda(z, y, launch=cupy_launch):
     dz = xp.empty_like(z)
     launch(SOURCE, "refsim_softmax_xent", z.dtype, N, z, labels, loss, dz, N, K)
     total = channel_sum_cuda(loss.reshape(N, 1), axis=1, launch=launch)  # (1,)
-    return (total / z.dtype.type(N)).reshape(()), dz
+    return (total / z.dtype.type(N)).reshape(()).astype(np.float64), dz
