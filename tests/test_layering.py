@@ -3,7 +3,10 @@ with import-linter from the [importlinter] section of setup.cfg."""
 
 import pathlib
 
-from importlinter import cli
+import pytest
+
+cli = pytest.importorskip("importlinter.cli", reason="import-linter comes with the test extra: "
+                          "pip install -e '.[test]'")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -2,9 +2,10 @@
 derived from refsim's layer list), shared by the PyTorch cross-checks (test_nn_torch.py,
 test_validation_torch.py). Import it only after ``pytest.importorskip("torch")``."""
 
-import torch
-from torch import nn
-from torch.nn import functional as F
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is a test-only cross-check")
+nn, F = torch.nn, torch.nn.functional
 
 
 class TorchCNNMnist(nn.Module):
