@@ -170,6 +170,20 @@ def test_softmax_kernel_turns_a_bad_label_into_nan_without_reading_outside(run):
     assert np.isfinite(dz[0]).all() and np.isnan(dz[1:]).all()
 
 
+def test_launchers_refuse_shapes_the_kernels_would_read_outside_of(run):
+    dev, launch = run
+    x = np.zeros((1, 1, 5, 4), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        pool.maxpool2d_forward_cuda(dev(x), 4, 2, launch=launch)  # rows 2*3 >= 5
+    with pytest.raises(ValueError, match="at least one class"):
+        loss.softmax_cross_entropy_cuda(dev(np.zeros((2, 0))), dev(np.zeros(2, np.int64)),
+                                        launch=launch)
+    with pytest.raises(ValueError, match="bias must be"):
+        elementwise.bias_add_cuda(dev(np.zeros((2, 3))), dev(np.zeros(2)), 1, launch=launch)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        elementwise.relu_backward_cuda(dev(np.zeros(3)), dev(np.ones(3)), launch=launch)
+
+
 def test_empty_work_launches_nothing(run):
     dev, launch = run
     x = np.zeros((0, 3), np.float32)

@@ -62,6 +62,8 @@ def softmax_cross_entropy_cuda(z, y, launch=cupy_launch):
     xp = get_xp(z)
     z = xp.ascontiguousarray(z)
     N, K = z.shape
+    if K < 1:
+        raise ValueError("softmax cross-entropy needs at least one class, got logits (N, 0)")
     if y.shape != (N,):
         raise ValueError(f"labels must have shape ({N},), got {y.shape}")
     labels = xp.ascontiguousarray(y, dtype=xp.int64)

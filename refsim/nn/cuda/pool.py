@@ -80,6 +80,8 @@ def maxpool2d_forward_cuda(x, Ho: int, Wo: int, launch=cupy_launch):
     xp = get_xp(x)
     x = xp.ascontiguousarray(x)
     N, C, H, W = x.shape
+    if not (1 <= Ho <= (H + 1) // 2 and 1 <= Wo <= (W + 1) // 2):  # tap 0 must lie inside x
+        raise ValueError(f"maxpool2d: a {Ho}x{Wo} output does not fit a {H}x{W} input")
     y = xp.empty((N, C, Ho, Wo), dtype=x.dtype)
     argmax = xp.empty((N, C, Ho, Wo), dtype=xp.int8)
     launch(SOURCE, "refsim_maxpool_forward", x.dtype, y.size, x, y, argmax, N, C, H, W, Ho, Wo)
