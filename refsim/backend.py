@@ -30,7 +30,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["Purpose", "get_xp", "to_numpy", "make_rng", "available_backends"]
+__all__ = ["Purpose", "get_xp", "to_numpy", "is_cupy_array", "make_rng", "available_backends"]
 
 _MAX_KEY = 2**32  # each entropy word is one uint32, so the rule is easy to replay
 
@@ -141,15 +141,20 @@ def get_xp(x_or_name: object) -> ModuleType:
                                  "(check the driver and CUDA_VISIBLE_DEVICES)")
             return cp
         raise ValueError(f"unknown backend {x_or_name!r}: expected 'numpy' or 'cupy'")
-    # Decide from the type's module so that CuPy is never imported for NumPy arrays.
-    if type(x_or_name).__module__.split(".")[0] == "cupy":
+    if is_cupy_array(x_or_name):
         return importlib.import_module("cupy")
     return np
 
 
+def is_cupy_array(a: object) -> bool:
+    """True for a ``cupy.ndarray``, decided from the type's module, so that CuPy is never
+    imported for NumPy arrays."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
 def to_numpy(a: object) -> np.ndarray:
     """A NumPy copy (CuPy) or view (NumPy) of an array."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    if is_cupy_array(a):
         return a.get()
     return np.asarray(a)
 

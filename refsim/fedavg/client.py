@@ -81,6 +81,10 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     indices : ndarray, shape (n_k,) int   client k's examples (rows of x)
     hparams : ClientHParams
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
+
+    The client's images and labels are checked once (:func:`check_client_data`), not at
+    every step. On a GPU the batches are gathered on the device and the metric sums stay there
+    until the end, so a step never waits for the device.
     """
     xp = get_xp(params)
     check_client_data(hparams.model, x, y, indices)

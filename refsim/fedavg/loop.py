@@ -67,7 +67,7 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     Composed of the pieces a distributed deployment calls on its own machines
     (``refsim.flower`` does): ``sample_clients`` and ``encode_broadcast`` on the server,
     ``decode_broadcast`` and ``train_client`` (``client_update`` + ``report_update``) on each
-client, ``aggregate_round`` on the server.
+    client, ``aggregate_round`` on the server.
     The dict holds clients, lr, broadcast_bits and the facts of ``aggregate_round`` (the loop
     adds test metrics and cumulative bits in ``finish_round``).
     """

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from refsim.backend import is_cupy_array
 from refsim.compress import (Codec, QSGDConfig, QuantizerConfig, broadcast_key, quantize_key,
                              report, tff_round_bits)
 from refsim.nn import Model
-from refsim.nn.cuda import is_cupy_array
 
 __all__ = ["encode_tensors", "decode_tensors", "encode_update", "encode_broadcast",
            "decode_broadcast", "tff_uplink_bits"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refsim.backend import get_xp
-from refsim.nn.cuda import is_cupy_array, relu_backward_cuda, relu_forward_cuda
+from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.cuda import relu_backward_cuda, relu_forward_cuda
 
 __all__ = ["relu_forward", "relu_backward", "relu_forward_naive", "relu_backward_naive"]
 

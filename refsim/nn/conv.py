@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refsim.backend import get_xp
-from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda, is_cupy_array
+from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda
 from refsim.nn.im2col import col2im, im2col
 
 __all__ = [

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda, is_cupy_array
+from refsim.backend import is_cupy_array
+from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda
 
 __all__ = ["linear_forward", "linear_backward", "linear_forward_naive", "linear_backward_naive"]
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from refsim.backend import get_xp
-from refsim.nn.cuda import col2im_cuda, im2col_cuda, is_cupy_array
+from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.cuda import col2im_cuda, im2col_cuda
 
 __all__ = ["im2col", "col2im", "im2col_slices", "col2im_slices", "im2col_numba", "col2im_numba"]
 

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from refsim.backend import get_xp
-from refsim.nn.cuda import is_cupy_array, softmax_cross_entropy_cuda
+from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.cuda import softmax_cross_entropy_cuda
 
 __all__ = ["check_labels", "softmax_cross_entropy", "softmax_cross_entropy_naive"]
 

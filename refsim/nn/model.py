@@ -220,7 +220,7 @@ class Model:
 
         ``check_values=False`` skips the scans for NaN/Inf in x and for labels outside [0, K)
         (shapes and dtypes are still checked), for a loop that checked its data once; on a GPU
-        each scan waits for the device. The loss is a 0-d array for CuPy arrays (see
+        each scan waits for the device. The loss is a float64 0-d array for CuPy arrays (see
         ``refsim.nn.loss.softmax_cross_entropy``).
         """
         logits, caches = self._forward(params, x, check_values)

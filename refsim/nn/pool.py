@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from refsim.backend import get_xp
-from refsim.nn.cuda import is_cupy_array, maxpool2d_backward_cuda, maxpool2d_forward_cuda
+from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.cuda import maxpool2d_backward_cuda, maxpool2d_forward_cuda
 
 __all__ = [
     "pool_output_size",

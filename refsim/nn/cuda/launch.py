@@ -26,16 +26,11 @@ import importlib
 
 import numpy as np
 
-__all__ = ["THREADS", "MAX_BLOCKS", "REAL_TYPES", "grid_size", "cupy_launch", "is_cupy_array"]
+__all__ = ["THREADS", "MAX_BLOCKS", "REAL_TYPES", "grid_size", "real_type", "cupy_launch"]
 
 THREADS = 256  # threads per block
 MAX_BLOCKS = 8192  # beyond this the grid-stride loop takes over
 REAL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
-def is_cupy_array(a: object) -> bool:
-    """True for a ``cupy.ndarray``, decided without importing CuPy."""
-    return type(a).__module__.split(".")[0] == "cupy"
 
 
 def grid_size(total: int) -> int:
