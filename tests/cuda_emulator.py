@@ -1,7 +1,7 @@
 """Run refsim's CUDA C kernels on the CPU: the same source, compiled by the host C++ compiler.
 
 refsim's kernels are grid-stride loops without shared memory, barriers or atomics
-(``refsim.nn.cuda.launch``), so calling the kernel function once for every (block, thread)
+(``refsim.cuda_launch``), so calling the kernel function once for every (block, thread)
 pair of a small grid, one after another, computes exactly what the GPU computes. A prelude
 defines ``__global__`` and friends away and makes ``blockIdx``, ``threadIdx``, ``blockDim`` and
 ``gridDim`` global variables the launcher sets before each call. ``exp`` and ``log`` are the
@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from refsim.nn.cuda.launch import real_type
+from refsim.cuda_launch import real_type
 
 __all__ = ["compiler", "emulated_launch", "EMULATED_GRID"]
 
@@ -32,8 +32,12 @@ EMULATED_GRID = (3, 5)  # (blocks, threads): small, odd, so every stride path is
 _PRELUDE = r"""
 #include <cmath>
 using std::exp;
+using std::floor;
 using std::log;
+using std::rint;
 #define __global__
+#define __device__
+#define __forceinline__ inline
 #define __restrict__ __restrict
 struct refsim_dim3 { unsigned int x, y, z; };
 extern "C" { refsim_dim3 threadIdx, blockIdx, blockDim, gridDim; }
@@ -76,8 +80,8 @@ def _library(source: str, real: str) -> ctypes.CDLL:
 
 def emulated_launch(source: str, name: str, dtype, total: int, *args,
                     grid: tuple[int, int] = EMULATED_GRID) -> None:
-    """A ``launch`` for ``refsim.nn.cuda``: run kernel ``name`` on NumPy arrays, one call per
-    (block, thread) of ``grid``; ints go as ``long long``, floats as ``real_t``."""
+    """A ``launch`` for refsim's kernels: run kernel ``name`` on NumPy arrays, one call per
+    (block, thread) of ``grid``; arguments typed as ``refsim.cuda_launch`` types them."""
     if total <= 0:
         return
     dt = np.dtype(dtype)
@@ -90,10 +94,16 @@ def emulated_launch(source: str, name: str, dtype, total: int, *args,
             if not a.flags.c_contiguous:
                 raise ValueError(f"{name}: a kernel argument is not C-contiguous")
             cargs.append(ctypes.c_void_p(a.ctypes.data))
-        elif isinstance(a, (int, np.integer)):
+        elif type(a) is int or isinstance(a, np.int64):
             cargs.append(ctypes.c_longlong(int(a)))
-        elif isinstance(a, float):
+        elif isinstance(a, np.uint64):
+            cargs.append(ctypes.c_ulonglong(int(a)))
+        elif type(a) is float:
             cargs.append(ctype_real(a))
+        elif isinstance(a, np.float64):
+            cargs.append(ctypes.c_double(float(a)))
+        elif isinstance(a, np.float32):
+            cargs.append(ctypes.c_float(float(a)))
         else:
             raise TypeError(f"{name}: cannot pass {type(a).__name__} to a kernel")
     kernel = getattr(lib, name)

@@ -15,6 +15,7 @@ import pytest
 
 from cuda_emulator import compiler, emulated_launch
 from refsim.backend import available_backends, get_xp, to_numpy
+from refsim.compress import quantize_cuda
 from refsim.nn import cuda
 from refsim.nn.activation import relu_forward
 from refsim.nn.conv import conv_output_size, conv_padding
@@ -24,7 +25,7 @@ from refsim.nn.loss import softmax_cross_entropy
 from refsim.nn.pool import maxpool2d_backward_naive, maxpool2d_forward_naive, pool_output_size
 
 SOURCES = {"im2col": im2col.SOURCE, "pool": pool.SOURCE, "elementwise": elementwise.SOURCE,
-           "loss": loss.SOURCE}
+           "loss": loss.SOURCE, "quantize": quantize_cuda.SOURCE}
 DTYPES = [np.float32, np.float64]
 
 

@@ -12,6 +12,11 @@ breaks it down per tensor and gives the Shannon entropy of each symbol stream. T
 update encoded with ``seed`` draws its stochastic rounding from ``rng.tensor_key(seed, j)``.
 The byte layout (version 1) is in ``docs/formats.md``; parsing and its checks are in
 ``codec_format.py``.
+
+Tensors may be NumPy or CuPy arrays. A CuPy tensor that is quantized is quantized on its
+device (``quantize_cuda``, the same levels bit for bit) and only its levels are copied to the
+host; any other CuPy tensor is copied to the host first. The bytes do not depend on where the
+tensor lived.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refsim.backend import is_cupy_array, to_numpy
 from refsim.compress import bitpack, huffman
 from refsim.compress.codec_format import (
     DTYPES,
@@ -34,6 +40,7 @@ from refsim.compress.codec_format import (
 )
 from refsim.compress.qsgd import QSGDConfig, QSGDQuantized, qsgd, qsgd_bits, qsgd_dequantize
 from refsim.compress.quantize import Quantized, QuantizerConfig, dequantize, quantize
+from refsim.compress.quantize_cuda import quantize_cuda
 from refsim.compress.rng import check_key, tensor_key
 from refsim.compress.topk import TopKConfig, TopKSparse, topk, topk_densify
 
@@ -97,7 +104,9 @@ class Codec:
         out = [write_start(len(tensors))]
         new_res = []
         for j, x in enumerate(tensors):
-            x = np.asarray(x)
+            if not (is_cupy_array(x) and isinstance(self.method, QuantizerConfig)
+                    and x.size > self.threshold):
+                x = to_numpy(x)  # only the quantizer has a device kernel (quantize_cuda)
             if x.dtype not in DTYPES:
                 raise TypeError(f"tensor {j}: dtype must be float32 or float64, got {x.dtype}")
             res = None if residuals is None else residuals[j]
@@ -108,14 +117,15 @@ class Codec:
 
     def _encode_one(self, x: np.ndarray, residual, key: int):
         m = self.method
-        zero = np.zeros_like(x)
+        zero = np.zeros(x.shape, dtype=x.dtype)
         if m is None or x.size <= self.threshold:
             if not np.isfinite(x).all():
                 raise ValueError("codec: tensor contains NaN or Inf")
             raw = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).tobytes()
             return TensorRecord(Method.IDENTITY, False, x.dtype, x.shape, (), raw), zero
         if isinstance(m, QuantizerConfig):
-            q = quantize(x, m.bits, stochastic=m.stochastic, seed=key)
+            run = quantize_cuda if is_cupy_array(x) else quantize  # the same levels
+            q = run(x, m.bits, stochastic=m.stochastic, seed=key)
             params = (m.bits, m.stochastic, q.min, q.max, self.block)
             levels = q.levels if self.block == 1 else bitpack.to_blocks(q.levels, m.bits,
                                                                          self.block)

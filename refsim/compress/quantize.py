@@ -96,16 +96,22 @@ def _prepare(x: object, bits: object):
     if x.size == 0:
         return x, b, 0.0, 0.0, 0.0
     lo, hi = float(np.min(x)), float(np.max(x))  # NaN propagates through min/max
+    return x, b, lo, hi, range_scale(lo, hi, b)
+
+
+def range_scale(lo: float, hi: float, bits: int) -> float:
+    """scale = (2**b - 1) / (hi - lo) in float64, 0 when hi == lo; ValueError for a NaN/Inf
+    endpoint or a range that cannot be scaled in float64."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("quantize: x contains NaN or Inf")
     if hi == lo:
-        return x, b, lo, hi, 0.0
+        return 0.0
     with np.errstate(over="ignore"):
         width = hi - lo
-        scale = (2.0**b - 1.0) / width if np.isfinite(width) else 0.0
+        scale = (2.0**bits - 1.0) / width if np.isfinite(width) else 0.0
     if not (np.isfinite(width) and np.isfinite(scale) and scale > 0.0):
         raise ValueError(f"quantize: range [{lo!r}, {hi!r}] cannot be scaled in float64")
-    return x, b, lo, hi, scale
+    return scale
 
 
 def quantize_naive(x, bits: int, *, stochastic: bool = True, seed: int = 0) -> Quantized:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refsim.backend import get_xp, to_numpy
+from refsim.backend import get_xp
 from refsim.compress import Codec
 from refsim.data.batching import client_batches
 from refsim.fedavg.transport import encode_update
@@ -146,8 +146,9 @@ def report_update(r: ClientResult, model: Model, codec: Codec | None, seed: int,
                   client: int) -> ClientReport:
     """The :class:`ClientReport` of client k's result: its update encoded for the uplink
     (``transport.encode_update``, key (seed, t, k)), or no payload when it has NaN or Inf."""
-    # The codec runs on the host (Numba); a raw update stays where it was computed.
-    delta = r.delta if codec is None else to_numpy(r.delta)  # (P,)
+    # A raw update stays where it was computed; the codec quantizes a device update on the
+    # device and codes the levels on the host (refsim.compress.codec).
+    delta = r.delta  # (P,)
     payload, bits, entropy = None, 0, None
     if bool(get_xp(delta).isfinite(delta).all()):
         payload, bits, entropy = encode_update(codec, model, delta, seed, round_, client)

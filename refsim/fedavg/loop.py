@@ -76,8 +76,7 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     S_t = sample_clients(config.seed, round_, K, m)  # (m,)
     hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_))
     xp = get_xp(params)
-    sent = params if config.downlink is None else to_numpy(params)  # codecs run on the host
-    payload, copy_bits = encode_broadcast(config.downlink, model, sent, config.seed, round_)
+    payload, copy_bits = encode_broadcast(config.downlink, model, params, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
     # Every client receives the same bytes; ClientUpdate never modifies w~_t. "In parallel" in
     # the paper: here one at a time in ascending id, or side by side (config.client_stack).

@@ -25,7 +25,7 @@ summation rounding, bounded by (SUM_CHUNK + number of chunks) * eps * sum |dy| p
 from __future__ import annotations
 
 from refsim.backend import get_xp
-from refsim.nn.cuda.launch import cupy_launch
+from refsim.cuda_launch import cupy_launch
 
 __all__ = ["SOURCE", "SUM_CHUNK", "relu_forward_cuda", "relu_backward_cuda", "bias_add_cuda",
            "channel_sum_cuda"]

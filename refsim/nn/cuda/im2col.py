@@ -18,7 +18,7 @@ agree bit for bit (``tests/test_nn_cuda_kernels.py``).
 from __future__ import annotations
 
 from refsim.backend import get_xp
-from refsim.nn.cuda.launch import cupy_launch
+from refsim.cuda_launch import cupy_launch
 
 __all__ = ["SOURCE", "im2col_cuda", "col2im_cuda"]
 

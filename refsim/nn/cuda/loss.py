@@ -21,7 +21,7 @@ import numpy as np
 
 from refsim.backend import get_xp
 from refsim.nn.cuda.elementwise import channel_sum_cuda
-from refsim.nn.cuda.launch import cupy_launch
+from refsim.cuda_launch import cupy_launch
 
 __all__ = ["SOURCE", "softmax_cross_entropy_cuda"]
 

@@ -18,7 +18,7 @@ the oracle's ``+=`` onto zeros, bit for bit (0 + dy turns -0 into +0 in both).
 from __future__ import annotations
 
 from refsim.backend import get_xp
-from refsim.nn.cuda.launch import cupy_launch
+from refsim.cuda_launch import cupy_launch
 
 __all__ = ["SOURCE", "maxpool2d_forward_cuda", "maxpool2d_backward_cuda"]
 

@@ -130,9 +130,7 @@ class RawModule:
         dtype = _np.float32 if self._real == "float" else _np.float64
 
         def kernel(grid, block, args):
-            host = [a.view(_np.ndarray) if isinstance(a, ndarray) else
-                    int(a) if isinstance(a, _np.integer) else
-                    float(a) if isinstance(a, _np.floating) else a for a in args]
+            host = [a.view(_np.ndarray) if isinstance(a, ndarray) else a for a in args]
             for a in args:
                 if type(a) is _np.ndarray:
                     raise TypeError(f"fake CuPy: kernel {name} was passed a host array")

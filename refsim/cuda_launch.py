@@ -1,6 +1,7 @@
-"""Compiling and launching refsim's CUDA C kernels with CuPy.
+"""Compiling and launching refsim's CUDA C kernels with CuPy (layer 0, beside ``backend``).
 
-Every kernel in ``refsim.nn.cuda`` is written once in CUDA C over a type ``real_t`` and compiled
+Every kernel of refsim (``refsim.nn.cuda``, ``refsim.compress.quantize_cuda``) is written once
+in CUDA C over a type ``real_t`` and compiled
 per dtype with ``-Dreal_t=float`` or ``-Dreal_t=double`` (``cupy.RawModule``, NVRTC). Each is a
 *grid-stride loop* over its ``total`` output elements::
 
@@ -14,9 +15,11 @@ with no shared memory, no ``__syncthreads`` and no atomics. Hence
   how ``tests/cuda_emulator.py`` checks the same source against the NumPy oracles without a GPU.
 
 A launcher is any callable ``launch(source, name, dtype, total, *args)``: ``source`` the CUDA C
-text, ``name`` the ``extern "C"`` kernel, ``total`` the loop length, ``args`` arrays (device
-pointers) and Python ints (``long long``) or floats (``real_t``) in the kernel's parameter
-order. :func:`cupy_launch` is the GPU one.
+text, ``name`` the ``extern "C"`` kernel, ``total`` the loop length, ``args`` in the kernel's
+parameter order: arrays (device pointers), Python ints (``long long``), Python floats
+(``real_t``), or NumPy scalars, passed as their own C type (``numpy.uint64`` as
+``unsigned long long``, ``numpy.float64`` as ``double``, ...). :func:`cupy_launch` is the GPU
+one.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ def _module(source: str, real: str, device: int):
 
 def cupy_launch(source: str, name: str, dtype, total: int, *args) -> None:
     """Run kernel ``name`` of ``source`` (compiled for ``dtype``, cached per device) on the
-    current CuPy device and stream: grid ``grid_size(total)`` x ``THREADS``. Ints are passed
-    as ``long long``, floats as ``real_t``; nothing is launched when ``total`` is 0."""
+    current CuPy device and stream: grid ``grid_size(total)`` x ``THREADS``. Python ints are
+    passed as ``long long``, Python floats as ``real_t``, NumPy scalars as their own type;
+    nothing is launched when ``total`` is 0."""
     if total <= 0:
         return
     cp = importlib.import_module("cupy")
     dt = np.dtype(dtype)
     kernel = _module(source, real_type(dt), cp.cuda.Device().id).get_function(name)
-    cargs = tuple(np.int64(a) if isinstance(a, (int, np.integer)) else
-                  dt.type(a) if isinstance(a, float) else a for a in args)
+    cargs = tuple(np.int64(a) if type(a) is int else dt.type(a) if type(a) is float else a
+                  for a in args)
     kernel((grid_size(total),), (THREADS,), cargs)
