@@ -6,8 +6,10 @@ run the tests marked gpu through it (``docs/gpu.md``). What it models:
 * ``cupy.ndarray`` is a NumPy subclass whose type lives in module "cupy", so refsim's dispatch
   (``refsim.nn.cuda.is_cupy_array``, ``refsim.backend.get_xp``) takes the device branches;
   ``get()`` copies to the host and ``asarray`` copies from it, as a transfer would.
-* As on a real device, an operation mixing a device array with a host array of one or more
-  elements raises TypeError, and so does indexing a device array with a host index array.
+* An operation mixing a device array with a host array of one or more elements raises
+  TypeError, as in CuPy; so do indexing a device array with a host index array and assigning
+  a host array into one, which CuPy may instead do with a hidden transfer (the stand-in is
+  stricter, so refsim's device code never relies on one).
 * ``RawModule`` compiles the CUDA C with the host compiler and runs each kernel through
   ``tests/cuda_emulator.py`` on a small grid (refsim's grid-stride kernels do not depend on
   the launch configuration).
