@@ -9,22 +9,9 @@ the edge cases (empty, one element, constant, extreme values).
 import numpy as np
 import pytest
 
-from cuda_emulator import compiler, emulated_launch
 from refsim.backend import available_backends, get_xp
 from refsim.compress.quantize import quantize
 from refsim.compress.quantize_cuda import quantize_cuda
-from refsim.cuda_launch import cupy_launch
-
-
-@pytest.fixture(params=["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
-def run(request):
-    if request.param == "emulated":
-        if compiler() is None:
-            pytest.skip("no C++ compiler to emulate the CUDA kernels")
-        return (lambda a: a), emulated_launch
-    if "cupy" not in available_backends():
-        pytest.skip("CuPy with a CUDA device is not available")
-    return get_xp("cupy").asarray, cupy_launch
 
 
 def _same(got, ref):
@@ -35,8 +22,8 @@ def _same(got, ref):
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("stochastic", [True, False])
-def test_levels_equal_the_numba_quantizer_bit_for_bit(run, seed, stochastic):
-    dev, launch = run
+def test_levels_equal_the_numba_quantizer_bit_for_bit(kernel_target, seed, stochastic):
+    dev, launch = kernel_target
     rng = np.random.default_rng(seed)
     dtype = [np.float32, np.float64][seed % 2]
     bits = [1, 2, 3, 7, 8, 9, 12, 16][seed]
@@ -52,8 +39,8 @@ def test_levels_equal_the_numba_quantizer_bit_for_bit(run, seed, stochastic):
                                          np.finfo(np.float64).max / 4]),
                                np.array([1.0, 1.0 + 2**-52, 1.0 + 2**-51]),
                                np.array([0.0, 0.25, 0.75, 1.25, 1.75, 3.5])])  # t = k + 1/2
-def test_edge_cases_equal_the_oracle(run, x):
-    dev, launch = run
+def test_edge_cases_equal_the_oracle(kernel_target, x):
+    dev, launch = kernel_target
     for bits in (3, 8):  # 3 bits: scale 2 puts t exactly halfway for the last case
         for stochastic in (True, False):
             _same(quantize_cuda(dev(x), bits, stochastic=stochastic, seed=2**64 - 1,
@@ -61,8 +48,8 @@ def test_edge_cases_equal_the_oracle(run, x):
                   quantize(x, bits, stochastic=stochastic, seed=2**64 - 1))
 
 
-def test_bad_input_gets_the_oracles_errors(run):
-    dev, launch = run
+def test_bad_input_gets_the_oracles_errors(kernel_target):
+    dev, launch = kernel_target
     with pytest.raises(ValueError, match="NaN or Inf"):
         quantize_cuda(dev(np.array([1.0, np.nan])), 8, launch=launch)
     with pytest.raises(ValueError, match="bits"):

@@ -13,10 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from cuda_emulator import compiler, emulated_launch
-from refsim.backend import available_backends, get_xp, to_numpy
+from cuda_emulator import emulated_launch
+from refsim.backend import to_numpy
 from refsim.compress import quantize_cuda
-from refsim.nn import cuda
 from refsim.nn.activation import relu_forward
 from refsim.nn.conv import conv_output_size, conv_padding
 from refsim.nn.cuda import elementwise, im2col, loss, pool
@@ -29,19 +28,6 @@ SOURCES = {"im2col": im2col.SOURCE, "pool": pool.SOURCE, "elementwise": elementw
 DTYPES = [np.float32, np.float64]
 
 
-@pytest.fixture(params=["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
-def run(request):
-    """(to_device, launch): move a NumPy array where the kernel runs, and the launcher."""
-    if request.param == "emulated":
-        if compiler() is None:
-            pytest.skip("no C++ compiler to emulate the CUDA kernels")
-        return (lambda a: a), emulated_launch
-    if "cupy" not in available_backends():
-        pytest.skip("CuPy with a CUDA device is not available")
-    cp = get_xp("cupy")
-    return cp.asarray, cuda.cupy_launch
-
-
 def _same_bits(a, b):
     a, b = np.ascontiguousarray(to_numpy(a)), np.ascontiguousarray(to_numpy(b))
     assert a.dtype == b.dtype and a.shape == b.shape
@@ -50,8 +36,8 @@ def _same_bits(a, b):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_im2col_and_col2im_equal_the_slice_oracles_bit_for_bit(run, seed, dtype):
-    dev, launch = run
+def test_im2col_and_col2im_equal_the_slice_oracles_bit_for_bit(kernel_target, seed, dtype):
+    dev, launch = kernel_target
     rng = np.random.default_rng(seed)
     N, C = (int(v) for v in rng.integers(1, 5, 2))
     H, W = (int(v) for v in rng.integers(3, 9, 2))
@@ -69,8 +55,8 @@ def test_im2col_and_col2im_equal_the_slice_oracles_bit_for_bit(run, seed, dtype)
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_maxpool_equals_the_loop_oracle_bit_for_bit_ties_included(run, seed, padding):
-    dev, launch = run
+def test_maxpool_equals_the_loop_oracle_bit_for_bit_ties_included(kernel_target, seed, padding):
+    dev, launch = kernel_target
     rng = np.random.default_rng(seed)
     N, C, H, W = (int(v) for v in rng.integers(1, 4, 2).tolist() + rng.integers(2, 10, 2).tolist())
     dtype = DTYPES[seed % 2]
@@ -89,8 +75,8 @@ def test_maxpool_equals_the_loop_oracle_bit_for_bit_ties_included(run, seed, pad
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_gives_numpys_bits_for_signed_zeros_nan_and_inf(run, dtype):
-    dev, launch = run
+def test_relu_gives_numpys_bits_for_signed_zeros_nan_and_inf(kernel_target, dtype):
+    dev, launch = kernel_target
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.standard_normal(997),
                         [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -1e-30]]).astype(dtype)
@@ -109,8 +95,8 @@ def test_relu_gives_numpys_bits_for_signed_zeros_nan_and_inf(run, dtype):
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((5, 3, 4, 4), 0), ((2, 3, 7), 1),
                                         ((1, 1), 1), ((600, 10), 1)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bias_add_is_numpys_broadcast_add_bit_for_bit(run, shape, axis, dtype):
-    dev, launch = run
+def test_bias_add_is_numpys_broadcast_add_bit_for_bit(kernel_target, shape, axis, dtype):
+    dev, launch = kernel_target
     rng = np.random.default_rng(len(shape) + axis)
     z = rng.standard_normal(shape).astype(dtype)
     b = rng.standard_normal(shape[axis]).astype(dtype)
@@ -122,10 +108,10 @@ def test_bias_add_is_numpys_broadcast_add_bit_for_bit(run, shape, axis, dtype):
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((32, 600, 24, 24), 0), ((3, 4, 1000), 1),
                                         ((1, 1), 0), ((0, 4), 1), ((513, 3), 1)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_channel_sums_are_within_the_recursive_summation_bound(run, shape, axis, dtype):
+def test_channel_sums_are_within_the_recursive_summation_bound(kernel_target, shape, axis, dtype):
     """|kernel - exact| <= (SUM_CHUNK + chunks) * eps * sum |dy| for each channel, where exact is
     math.fsum of the float64 values; and the result does not depend on the grid."""
-    dev, launch = run
+    dev, launch = kernel_target
     if math.prod(shape) > 2_000_000 and launch is emulated_launch:
         shape = (4, 600, 24, 24)  # the emulator runs one thread at a time
     rng = np.random.default_rng(sum(shape))
@@ -147,9 +133,9 @@ def test_channel_sums_are_within_the_recursive_summation_bound(run, shape, axis,
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-15), (np.float32, 2e-6, 2e-7)])
-def test_softmax_cross_entropy_matches_the_oracle_within_rounding(run, seed, dtype, rtol, atol):
+def test_softmax_cross_entropy_matches_the_oracle_within_rounding(kernel_target, seed, dtype, rtol, atol):
     """float64: rtol 1e-12; float32: rtol 2e-6, atol 2e-7 (exp/log of two libraries)."""
-    dev, launch = run
+    dev, launch = kernel_target
     rng = np.random.default_rng(seed)
     N, K = int(rng.integers(1, 700)), int(rng.integers(2, 63))
     z = (rng.standard_normal((N, K)) * [1, 5, 30, 0.01, 100][seed]).astype(dtype)
@@ -161,8 +147,8 @@ def test_softmax_cross_entropy_matches_the_oracle_within_rounding(run, seed, dty
     np.testing.assert_allclose(to_numpy(dz), dz_ref, rtol=rtol, atol=atol / N)
 
 
-def test_softmax_kernel_turns_a_bad_label_into_nan_without_reading_outside(run):
-    dev, launch = run
+def test_softmax_kernel_turns_a_bad_label_into_nan_without_reading_outside(kernel_target):
+    dev, launch = kernel_target
     z = np.arange(12, dtype=np.float64).reshape(4, 3)
     y = np.array([0, -1, 3, 2**40])
     L, dz = loss.softmax_cross_entropy_cuda(dev(z), dev(y), launch=launch)
@@ -171,8 +157,8 @@ def test_softmax_kernel_turns_a_bad_label_into_nan_without_reading_outside(run):
     assert np.isfinite(dz[0]).all() and np.isnan(dz[1:]).all()
 
 
-def test_launchers_refuse_shapes_the_kernels_would_read_outside_of(run):
-    dev, launch = run
+def test_launchers_refuse_shapes_the_kernels_would_read_outside_of(kernel_target):
+    dev, launch = kernel_target
     x = np.zeros((1, 1, 5, 4), np.float32)
     with pytest.raises(ValueError, match="does not fit"):
         pool.maxpool2d_forward_cuda(dev(x), 4, 2, launch=launch)  # rows 2*3 >= 5
@@ -185,8 +171,8 @@ def test_launchers_refuse_shapes_the_kernels_would_read_outside_of(run):
         elementwise.relu_backward_cuda(dev(np.zeros(3)), dev(np.ones(3)), launch=launch)
 
 
-def test_empty_work_launches_nothing(run):
-    dev, launch = run
+def test_empty_work_launches_nothing(kernel_target):
+    dev, launch = kernel_target
     x = np.zeros((0, 3), np.float32)
     y, mask = elementwise.relu_forward_cuda(dev(x), launch=launch)
     assert y.shape == (0, 3) and mask.shape == (0, 3)
