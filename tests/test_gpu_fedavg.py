@@ -144,3 +144,27 @@ def test_refsim_run_with_backend_cupy_writes_the_same_table_as_numpy(tmp_path, c
     np.testing.assert_allclose(np.load(tmp_path / "gpu" / "iid-float" / "final_weights.npy"),
                                np.load(tmp_path / "cpu" / "iid-float" / "final_weights.npy"),
                                rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("stack", [1, 3])
+def test_local_steps_neither_copy_to_the_device_nor_wait_for_it(stack):
+    """Counted by the CPU stand-in for CuPy (tests/fake_cupy), which runs in CI: a client's
+    E * ceil(n_k / B) local steps copy and wait a fixed number of times per client, not per
+    step. Skipped with the real CuPy, which keeps no such counts."""
+    cp = get_xp("cupy")
+    if not getattr(cp, "_FAKE", False):
+        pytest.skip("the counts come from the CPU stand-in for CuPy")
+    from refsim.fedavg import ClientHParams, client_updates
+    sizes = [40, 40, 40]
+    data, parts = _data("float32"), contiguous_partition(sizes)
+    model = mlp_2nn()
+    w = cp.asarray(model.init(make_rng(0, Purpose.INIT)))
+    x, y = cp.asarray(data.x_train), cp.asarray(data.y_train)
+    for epochs in (1, 4):  # 10 and 40 steps per client
+        hp = ClientHParams(model, epochs, 4, 0.1)
+        before = dict(cp.counters)
+        results = list(client_updates(w, x, y, parts, hp, 0, 1, [0, 1, 2], stack))
+        assert len(results) == 3
+        copies = cp.counters["transfers"] - before["transfers"]
+        waits = cp.counters["waits"] - before["waits"]
+        assert copies <= 3 * 2 and waits <= 3 * 8, (epochs, copies, waits)

@@ -27,7 +27,7 @@ import numpy as np
 
 from refsim.backend import Purpose, make_rng
 
-__all__ = ["batch_order", "client_batches", "num_batches"]
+__all__ = ["batch_order", "batch_slices", "client_batches", "num_batches"]
 
 
 def _as_indices(indices: np.ndarray | int) -> np.ndarray:
@@ -99,10 +99,21 @@ def client_batches(indices: np.ndarray | int, batch_size: int | None, epochs: in
     >>> [b.tolist() for b in client_batches(np.array([10, 11, 12]), 2, 1, 0, 0, 0)]
     [[11, 10], [12]]
     """
-    _check_batch_size(batch_size)
     order = batch_order(indices, epochs, seed, round, client)  # (E, n)
-    n = order.shape[1]
-    step = n if batch_size is None else int(batch_size)
+    slices = batch_slices(order.shape[1], batch_size)
     for row in order:
-        for start in range(0, n, step):
-            yield row[start:start + step]
+        for start, stop in slices:
+            yield row[start:stop]
+
+
+def batch_slices(num_examples: int, batch_size: int | None) -> list[tuple[int, int]]:
+    """The (start, stop) of each batch within one epoch's order: consecutive slices of
+    ``batch_size``, the last one partial; one slice of all n when ``batch_size`` is None.
+
+    >>> batch_slices(5, 2), batch_slices(5, None)
+    ([(0, 2), (2, 4), (4, 5)], [(0, 5)])
+    """
+    _check_batch_size(batch_size)
+    n = int(num_examples)
+    step = n if batch_size is None else int(batch_size)
+    return [(start, min(start + step, n)) for start in range(0, n, step)]

@@ -29,7 +29,7 @@ import numpy as np
 
 from refsim.backend import get_xp
 from refsim.compress import Codec
-from refsim.data.batching import client_batches
+from refsim.data.batching import batch_order, batch_slices
 from refsim.fedavg.transport import encode_update
 from refsim.nn import Model, sgd_step
 from refsim.nn.loss import check_labels
@@ -83,23 +83,26 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
 
     The client's images and labels are checked once (:func:`check_client_data`), not at
-    every step. On a GPU the batches are gathered on the device and the metric sums stay there
-    until the end, so a step never waits for the device.
+    every step. The batches are those of ``client_batches``: the order (E, n_k) is drawn on the
+    host and, on a GPU, copied to the device once; each step gathers its batch there and the
+    metric sums stay there until the end, so no step waits for the device.
     """
     xp = get_xp(params)
     check_client_data(hparams.model, x, y, indices)
+    order = xp.asarray(batch_order(indices, hparams.epochs, seed, round, client))  # (E, n_k)
     w = params.copy()  # (P,)
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0  # device scalars on a GPU: no waits per step
-    for batch in client_batches(indices, hparams.batch_size, hparams.epochs, seed, round, client):
-        rows = xp.asarray(batch)  # (b,) the batch order is drawn on the host, gathered here
-        yb = y[rows]
-        loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
-                                                                check_values=False)
-        w = sgd_step(w, grad, hparams.lr)  # (P,)
-        loss_sum += len(batch) * loss
-        correct += (logits.argmax(axis=1) == yb).sum()
-        seen += len(batch)
-        steps += 1
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0  # device scalars on a GPU
+    for epoch_order in order:
+        for start, stop in batch_slices(order.shape[1], hparams.batch_size):
+            rows = epoch_order[start:stop]  # (b,) this batch's examples
+            yb = y[rows]
+            loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
+                                                                    check_values=False)
+            w = sgd_step(w, grad, hparams.lr)  # (P,)
+            loss_sum += (stop - start) * loss
+            correct += (logits.argmax(axis=1) == yb).sum()
+            seen += stop - start
+            steps += 1
     return ClientResult(w - params, int(len(indices)), steps, float(loss_sum), int(correct), seen)
 
 

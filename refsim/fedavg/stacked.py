@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from refsim.backend import get_xp, to_numpy
-from refsim.data.batching import client_batches
+from refsim.data.batching import batch_order, batch_slices
 from refsim.fedavg.client import ClientHParams, ClientResult, check_client_data, client_update
 from refsim.nn.stacked import stacked_loss_grad_and_logits
 
@@ -61,20 +61,21 @@ def stacked_client_update(params, x, y, parts: Sequence[np.ndarray], hparams: Cl
     M = len(parts)
     W = xp.tile(params, (M, 1))  # (M, P): every client starts from the broadcast weights
     lr = params.dtype.type(hparams.lr)
-    streams = [client_batches(p, hparams.batch_size, hparams.epochs, seed, round_, int(k))
-               for p, k in zip(parts, clients)]
+    orders = xp.asarray(np.stack([batch_order(p, hparams.epochs, seed, round_, int(k))
+                                  for p, k in zip(parts, clients)]))  # (M, E, n), copied once
     loss_sum = xp.zeros(M, dtype=np.float64)  # (M,) as client_update, per client
     correct = xp.zeros(M, dtype=np.int64)  # (M,)
     steps = seen = 0
-    for batches in zip(*streams):  # step j of every client; equal n_k: equal batch sizes
-        rows = xp.asarray(np.stack(batches))  # (M, b)
-        yb = y[rows]  # (M, b)
-        losses, G, logits = stacked_loss_grad_and_logits(hparams.model, W, x[rows], yb)
-        W = W - lr * G  # (M, P), each row sgd_step(w_i, g_i, lr)
-        loss_sum += rows.shape[1] * losses
-        correct += (logits.argmax(axis=2) == yb).sum(axis=1)
-        seen += rows.shape[1]
-        steps += 1
+    for e in range(hparams.epochs):  # step j of every client; equal n_k: equal batch sizes
+        for start, stop in batch_slices(n, hparams.batch_size):
+            rows = orders[:, e, start:stop]  # (M, b)
+            yb = y[rows]  # (M, b)
+            losses, G, logits = stacked_loss_grad_and_logits(hparams.model, W, x[rows], yb)
+            W = W - lr * G  # (M, P), each row sgd_step(w_i, g_i, lr)
+            loss_sum += (stop - start) * losses
+            correct += (logits.argmax(axis=2) == yb).sum(axis=1)
+            seen += stop - start
+            steps += 1
     deltas = W - params  # (M, P)
     loss_sum, correct = to_numpy(loss_sum), to_numpy(correct)
     return [ClientResult(deltas[i], n, steps, float(loss_sum[i]), int(correct[i]), seen)

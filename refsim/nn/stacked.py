@@ -21,6 +21,8 @@ client so that each L_i and dz_i is exactly the single-client computation on the
 
 from __future__ import annotations
 
+import numpy as np
+
 from refsim.backend import get_xp
 from refsim.nn.activation import relu_backward, relu_forward
 from refsim.nn.conv import conv_output_size, conv_padding
@@ -112,11 +114,12 @@ def stacked_loss_grad_and_logits(model: Model, W, x, y):
             h = h.reshape(M, n, -1)
         caches.append(cache)
     logits = h  # (M, n, K)
-    losses = xp.empty((M,), dtype=xp.float64)
     d = xp.empty_like(logits)
+    losses = []
     for i in range(M):  # per client: exactly the single-client loss on the same logits
         loss_i, d[i] = softmax_cross_entropy(logits[i], y[i], check=False)
-        losses[i] = loss_i
+        losses.append(loss_i)  # a float (NumPy) or a float64 0-d device array (CuPy)
+    losses = xp.stack(losses).astype(np.float64)  # (M,)
     G = xp.empty_like(W)
     gview = stacked_views(model, G)
     for i in range(len(model.layers) - 1, -1, -1):

@@ -14,6 +14,9 @@ run the tests marked gpu through it (``docs/gpu.md``). What it models:
   ``tests/cuda_emulator.py`` on a small grid (refsim's grid-stride kernels do not depend on
   the launch configuration).
 * Array functions are NumPy's, with results viewed as ``cupy.ndarray``.
+* ``transfers`` counts host-to-device copies and ``waits`` the reads that would wait for a GPU
+  (``get``, ``float``, ``int``, ``bool``, ``item``, ``tolist``), so a test can check that a
+  loop does not copy or wait at every step.
 
 Floating-point results differ from a GPU's in the last bits (host libm, host BLAS), so
 tolerances are tested here, never the GPU's bits or speed.
@@ -29,13 +32,39 @@ import numpy as _np
 
 __version__ = "0.0-fake"
 _FAKE = True
+counters = {"transfers": 0, "waits": 0}
+
+
+def _waited():
+    counters["waits"] += 1
 
 
 class ndarray(_np.ndarray):  # noqa: N801 - CuPy's name
     """A NumPy array playing a device array."""
 
     def get(self):
+        _waited()
         return _np.array(self.view(_np.ndarray), copy=True)
+
+    def __float__(self):
+        _waited()
+        return float(self.view(_np.ndarray))
+
+    def __int__(self):
+        _waited()
+        return int(self.view(_np.ndarray))
+
+    def __bool__(self):
+        _waited()
+        return bool(self.view(_np.ndarray))
+
+    def item(self, *args):
+        _waited()
+        return self.view(_np.ndarray).item(*args)
+
+    def tolist(self):
+        _waited()
+        return self.view(_np.ndarray).tolist()
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         for a in inputs:
@@ -80,6 +109,7 @@ def asarray(a, dtype=None):
     """A device copy of a host array (or the device array itself)."""
     if isinstance(a, ndarray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    counters["transfers"] += 1
     return _np.array(a, dtype=dtype, copy=True).view(ndarray)
 
 
