@@ -46,6 +46,6 @@ timeout "$BENCH_S" "$PY" -m pytest -q bench/bench_gpu.py -p no:cacheprovider --b
   | tee "$OUT/gpu_ratios.txt"
 
 echo "== 3. Table 2, CNN, IID, E=5, B=10, C=0.1 (limit ${TABLE2_S} s)"
-timeout "$TABLE2_S" "$PY" bench/reproduce_table2.py --backend cupy --rows iid:5:10 --lr 0.1 \
-  --max-rounds 40 2>&1 | tee "$OUT/table2.log"
+timeout "$TABLE2_S" "$PY" bench/reproduce_table2.py --backend cupy --client-stack 10 \
+  --rows iid:5:10 --lr 0.1 --max-rounds 40 2>&1 | tee "$OUT/table2.log"
 echo "results in $OUT"

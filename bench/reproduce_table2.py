@@ -41,9 +41,11 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--client-stack", type=int, default=1,
+                   help="train up to N equal-sized clients side by side (client_stack)")
     args = p.parse_args()
     print(f"CNN, C=0.1, K=100, lr={args.lr}, target {args.target}, seed {args.seed}, "
-          f"backend {args.backend}")
+          f"backend {args.backend}, client_stack {args.client_stack}")
     print(f"{'partition':<10}{'E':>4}{'B':>5}{'paper':>8}{'refsim':>8}{'best acc (round)':>20}"
           f"{'time s':>9}")
     for spec in args.rows:
@@ -51,7 +53,7 @@ def main() -> None:
         start = time.perf_counter()
         rounds, best = run_row(kind, 0.1, args.lr, args.target, args.max_rounds, args.seed,
                                model=cnn_mnist(), epochs=e, batch_size=b, backend=args.backend,
-                               progress=True)
+                               progress=True, client_stack=args.client_stack)
         ours = str(rounds) if rounds is not None else f">{args.max_rounds}"
         print(f"{kind:<10}{e:>4}{'inf' if b is None else b:>5}{PAPER[(kind, e, b)]:>8}{ours:>8}"
               f"{f'{best[0]:.4f} ({best[1]})':>20}{time.perf_counter() - start:>9.1f}", flush=True)
