@@ -57,3 +57,25 @@ def test_get_xp_and_to_numpy():
     assert "numpy" in available_backends()
     with pytest.raises(ValueError, match="unknown backend"):
         get_xp("jax")
+
+
+def test_cupy_without_a_device_or_installed_is_a_one_line_error(monkeypatch):
+    """Two ways 'cupy' can be unavailable, each named: not installed, or installed but no
+    device (CuPy imports fine on a machine without a GPU and fails only at first use)."""
+    import types
+
+    from refsim import backend
+
+    monkeypatch.setattr(backend, "_cupy", lambda: None)
+    with pytest.raises(ValueError, match="CuPy is not installed"):
+        get_xp("cupy")
+
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    runtime = types.SimpleNamespace(getDeviceCount=no_device)
+    gpu_less = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+    monkeypatch.setattr(backend, "_cupy", lambda: gpu_less)
+    assert available_backends() == ["numpy"]
+    with pytest.raises(ValueError, match="CuPy sees no CUDA device"):
+        get_xp("cupy")
