@@ -133,7 +133,8 @@ def test_channel_sums_are_within_the_recursive_summation_bound(kernel_target, sh
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-15), (np.float32, 2e-6, 2e-7)])
-def test_softmax_cross_entropy_matches_the_oracle_within_rounding(kernel_target, seed, dtype, rtol, atol):
+def test_softmax_cross_entropy_matches_the_oracle_within_rounding(kernel_target, seed, dtype,
+                                                                  rtol, atol):
     """float64: rtol 1e-12; float32: rtol 2e-6, atol 2e-7 (exp/log of two libraries)."""
     dev, launch = kernel_target
     rng = np.random.default_rng(seed)
