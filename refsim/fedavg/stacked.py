@@ -25,6 +25,7 @@ import numpy as np
 from refsim.backend import get_xp, to_numpy
 from refsim.data.batching import batch_order, batch_slices
 from refsim.fedavg.client import ClientHParams, ClientResult, check_client_data, client_update
+from refsim.nn import sgd_step
 from refsim.nn.stacked import stacked_loss_grad_and_logits
 
 __all__ = ["client_groups", "stacked_client_update", "client_updates"]
@@ -60,7 +61,6 @@ def stacked_client_update(params, x, y, parts: Sequence[np.ndarray], hparams: Cl
         check_client_data(hparams.model, x, y, p)
     M = len(parts)
     W = xp.tile(params, (M, 1))  # (M, P): every client starts from the broadcast weights
-    lr = params.dtype.type(hparams.lr)
     orders = xp.asarray(np.stack([batch_order(p, hparams.epochs, seed, round_, int(k))
                                   for p, k in zip(parts, clients)]))  # (M, E, n), copied once
     loss_sum = xp.zeros(M, dtype=np.float64)  # (M,) as client_update, per client
@@ -71,7 +71,7 @@ def stacked_client_update(params, x, y, parts: Sequence[np.ndarray], hparams: Cl
             rows = orders[:, e, start:stop]  # (M, b)
             yb = y[rows]  # (M, b)
             losses, G, logits = stacked_loss_grad_and_logits(hparams.model, W, x[rows], yb)
-            W = W - lr * G  # (M, P), each row sgd_step(w_i, g_i, lr)
+            W = sgd_step(W, G, hparams.lr)  # (M, P): w_i <- w_i - lr * g_i, row by row
             loss_sum += (stop - start) * losses
             correct += (logits.argmax(axis=2) == yb).sum(axis=1)
             seen += stop - start

@@ -8,7 +8,7 @@ AISTATS 2017, arXiv:1602.05629, and PyTorch's ``F.cross_entropy(reduction='mean'
 
 logsumexp is computed stably as m + log sum exp(z - m), with m = max_k z[n, k].
 ``softmax_cross_entropy_naive`` is the per-example loop oracle. CuPy arrays go to the CUDA
-kernel of ``refsim.nn.cuda.loss``, which returns the loss as a 0-d device array so that a
+kernel of ``refsim.nn.cuda.loss``, which returns the loss as a float64 0-d device array so that a
 training step does not wait for the GPU.
 """
 
