@@ -18,6 +18,7 @@ import json
 import sys
 import zipfile
 
+from refsim.cli.compare_curves import compare_curves
 from refsim.validation.compare import Comparison, RoundSummary, compare_paths
 from refsim.validation.weight_files import Layout, WeightSeries
 
@@ -77,11 +78,19 @@ def format_report(c: Comparison, tolerance_note: str = "") -> str:
                      f"b = {first.worst_b!r}")
         lines.append(f"DIVERGE: A and B differ beyond the tolerance from round {where}, "
                      f"tensor {first.name}")
+        f32 = c.float32_divergence()
+        if f32 is not None:
+            last = "-" if f32["last_round"] is None else f32["last_round"]
+            lines.append(f"float32: over the tolerance from round {where} (max rel "
+                         f"{f32['max_rel_from']:.3g} there, {f32['max_rel_last']:.3g} at round "
+                         f"{last}). {f32['advice']}.")
     return "\n".join(lines)
 
 
 def compare(args: argparse.Namespace) -> int:
     """Run the comparison; print the report (or JSON); exit 0 agree, 1 diverge, 2 error."""
+    if args.curves:
+        return compare_curves(args)
     try:
         result = compare_paths(args.a, args.b, args.rtol, args.atol, Layout(args.layout))
     except (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile) as error:
@@ -113,4 +122,14 @@ def add_subcommand(subparsers) -> None:
                      help="layout of named-array inputs: torch = a PyTorch state dict (dense "
                           "weights (out, in)); auto (default) decides by names and shapes")
     sub.add_argument("--json", action="store_true", help="print the full result as JSON")
+    sub.add_argument("--curves", action="store_true",
+                     help="compare A's per-round test-accuracy curve (a CSV with round and "
+                          "test_accuracy columns) with refsim's seed band of the job B, rerun "
+                          "with --seeds seeds (exit 1 if A leaves the band)")
+    sub.add_argument("--seeds", type=int, default=5,
+                     help="with --curves: refsim runs in the band, B's own seed included "
+                          "(default 5)")
+    sub.add_argument("--alpha", type=float, default=0.05,
+                     help="with --curves: the band's level is 1 - alpha/R over R rounds "
+                          "(default 0.05)")
     sub.set_defaults(func=compare)

@@ -119,16 +119,48 @@ class Comparison:
                                     None if worst.max_rel == 0 else worst.name))
         return out
 
+    @property
+    def float32(self) -> bool:
+        """Whether either side holds float32 (or less precise) weights."""
+        return any(np.dtype(d).itemsize < 8 for d in (*self.a.dtypes, *self.b.dtypes))
+
+    def float32_divergence(self) -> dict | None:
+        """For a float32 comparison that diverges: from which round, how far there and at the
+        last compared round, and what to do (``advice``); None otherwise.
+
+        In float32 two correct CNN implementations part within a few dozen SGD steps (ReLU and
+        max-pool near-ties, ``docs/validation.md``), so the size of such a divergence says
+        nothing about correctness; ``refsim compare-steps`` checks each local step instead.
+        """
+        first = self.first_divergence
+        if first is None or not self.float32:
+            return None
+        rounds = self.by_round()
+        at_first = next(r for r in rounds if r.round == first.round)
+        where = "-" if first.round is None else first.round
+        return {"from_round": first.round, "max_rel_from": at_first.max_rel,
+                "last_round": rounds[-1].round, "max_rel_last": rounds[-1].max_rel,
+                "advice": (f"float32 trajectories of two correct implementations part within a "
+                           f"few dozen SGD steps (near-ties of ReLU and max-pool fall "
+                           f"differently), so this divergence is not by itself a bug. Check the "
+                           f"local steps of round {where} one at a time: record a client's "
+                           f"weights before and after each step and run refsim compare-steps "
+                           f"YOURS.npz TRACE --round {where} --client K; or compare a float64 "
+                           f"run, where correct implementations agree to ~1e-15 "
+                           f"(docs/validation.md)")}
+
     def to_dict(self) -> dict:
         """Plain JSON-ready data: inputs, tolerance, verdict, first divergence, every diff.
         Non-finite floats become the strings "nan", "inf", "-inf"."""
         first = self.first_divergence
+        f32 = self.float32_divergence()
         return {
             "a": _series_dict(self.a), "b": _series_dict(self.b),
             "rtol": self.rtol, "atol": self.atol,
             "rule": "|a - b| <= atol + rtol * |b| elementwise (numpy.isclose); NaN/Inf diverge",
             "verdict": "agree" if self.agree else "diverge",
             "first_divergence": None if first is None else _diff_dict(first),
+            "float32_divergence": None if f32 is None else _json_floats(f32),
             "rounds": [_json_floats(vars(s)) for s in self.by_round()],
             "rounds_only_in_a": list(self.rounds_only_in_a),
             "rounds_only_in_b": list(self.rounds_only_in_b),

@@ -50,7 +50,7 @@ from refsim.nn import Model
 from refsim.validation.near_ties import (LayerTies, NearTie, TieExplanation,
                                          explain_by_flips, find_near_ties)
 from refsim.validation.step_inputs import ClientRound, StepSeries
-from refsim.validation.traced_step import traced_step
+from refsim.validation.traced_step import traced_step, with_sequential_bias_sums
 
 __all__ = ["C_DEFAULT", "FLOOR_ULPS", "StepTolerance", "TensorCheck", "StepCheck",
            "StepsReport", "tensor_checks", "tensor_dict", "batch_inputs", "check_step", "check_client_steps"]
@@ -184,8 +184,7 @@ def check_step(model: Model, w: np.ndarray, a: np.ndarray, x: np.ndarray, y: np.
     w32, x32 = w.astype(np.float32), x.astype(np.float32)
     s64 = traced_step(model, w64, x64, y, lr)
     s32 = traced_step(model, w32, x32, y, lr, decisions=s64.decisions)
-    q32 = traced_step(model, w32, x32, y, lr, sequential_bias_sums=True,
-                      decisions=s64.decisions).params
+    q32 = with_sequential_bias_sums(model, s32, w32, lr)
     a64 = a.astype(np.float64)
     checks = tensor_checks(model, a64, s64.params, s32.params, q32, dtype, tol)
     if not any(t.exceeds for t in checks):

@@ -35,7 +35,8 @@ from refsim.nn.dense import linear_backward, linear_forward
 from refsim.nn.loss import softmax_cross_entropy
 from refsim.nn.pool import pool_output_size
 
-__all__ = ["Flip", "TracedStep", "traced_step", "sequential_sum", "pool_windows", "TAPS"]
+__all__ = ["Flip", "TracedStep", "traced_step", "with_sequential_bias_sums", "sequential_sum",
+           "pool_windows", "TAPS"]
 
 TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))  # window positions (p, q), row-major
 
@@ -61,6 +62,7 @@ class TracedStep(NamedTuple):
     upstream : {layer index: dL/d(output)} of every ReLU and max-pool layer
     decisions : {layer index: the ReLU mask (bool, shape of z) or the pool winners (int8 tap
         0..3, shape (N, C, Ho, Wo)) the step used}
+    output_grads : {layer index: dL/d(output)} of every convolution and dense layer
     """
     params: np.ndarray
     grad: np.ndarray
@@ -68,6 +70,7 @@ class TracedStep(NamedTuple):
     inputs: dict
     upstream: dict
     decisions: dict
+    output_grads: dict
 
 
 def pool_windows(x: np.ndarray, padding: str) -> np.ndarray:
@@ -174,16 +177,16 @@ def traced_step(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray, 
     loss, d = softmax_cross_entropy(h, y)  # d: (N, K)
     grad = np.empty_like(params)
     gview = model.views(grad)
-    upstream = {}
+    upstream, output_grads = {}, {}
     for i in range(len(model.layers) - 1, -1, -1):
         layer, cache = model.layers[i], caches[i]
         if isinstance(layer, Conv2D):
-            dy = d  # (N, O, Ho, Wo)
+            dy = output_grads[i] = d  # (N, O, Ho, Wo)
             d, dw, db = conv2d_backward(dy, cache, i > 0)
             if sequential_bias_sums:
                 db = sequential_sum(dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1), 1)
         elif isinstance(layer, Dense):
-            dy = d  # (N, O)
+            dy = output_grads[i] = d  # (N, O)
             d, dw, db = linear_backward(dy, cache, i > 0)
             if sequential_bias_sums:
                 db = sequential_sum(dy, 0)
@@ -198,7 +201,26 @@ def traced_step(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray, 
         if isinstance(layer, (Conv2D, Dense)):
             gview[f"{layer.name}.weight"][...] = dw
             gview[f"{layer.name}.bias"][...] = db
-    return TracedStep(sgd_step(params, grad, lr), grad, loss, inputs, upstream, decided)
+    return TracedStep(sgd_step(params, grad, lr), grad, loss, inputs, upstream, decided,
+                      output_grads)
+
+
+def with_sequential_bias_sums(model: Model, step: TracedStep, params: np.ndarray,
+                              lr: float) -> np.ndarray:
+    """``traced_step(..., sequential_bias_sums=True).params`` from the step ``step`` that
+    started at ``params``, without recomputing it: only the bias entries change (a bias
+    gradient feeds nothing else), each to ``b - lr * sequential_sum(dy)``. Oracle: the
+    ``sequential_bias_sums`` option of :func:`traced_step` (tests pin the two bit for bit)."""
+    grad = step.grad.copy()
+    gview = model.views(grad)
+    for i, dy in step.output_grads.items():
+        layer = model.layers[i]
+        if isinstance(layer, Conv2D):
+            db = sequential_sum(dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1), 1)
+        else:
+            db = sequential_sum(dy, 0)
+        gview[f"{layer.name}.bias"][...] = db
+    return sgd_step(params, grad, lr)
 
 
 def _check_unit(f: Flip, size: int) -> None:
