@@ -16,7 +16,7 @@ from refsim.data import load_mnist
 from refsim.fedavg import (FedAvgConfig, ServerOpt, ServerOptConfig, from_images, metrics_csv,
                            run_fedavg)
 from refsim.fedavg.run_lock import LOCK_FILE
-from refsim.fedavg.storage import atomic_write_bytes, load_checkpoint
+from refsim.fedavg.storage import atomic_write_bytes, load_checkpoint, save_checkpoint
 from refsim.nn import logistic
 from refsim.safe_npz import read_npz
 
@@ -68,12 +68,38 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         run_fedavg(other, logistic(), data, parts, run_dir=tmp_path, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_that_does_not_fit_the_run(tmp_path):
+    """A checkpoint with the run's meta but other arrays, or a round beyond the run's (as a
+    hand-edited file might be), is a ValueError naming it, not a failure deep in a round."""
+    cfg, data, parts = _setup()
+    run_fedavg(cfg, logistic(), data, parts, run_dir=tmp_path)
+    path = tmp_path / "checkpoint.npz"
+    done, params, state, meta = load_checkpoint(path)
+    meta = {k: v for k, v in meta.items() if k != "format_version"}
+    save_checkpoint(path, done, params[:-1], state, meta)
+    with pytest.raises(ValueError, match=r"checkpoint.npz: arrays .* do not fit this run's"):
+        run_fedavg(cfg, logistic(), data, parts, run_dir=tmp_path, resume=True)
+    save_checkpoint(path, done, params, {}, meta)  # the momentum buffer missing
+    with pytest.raises(ValueError, match="do not fit this run's"):
+        run_fedavg(cfg, logistic(), data, parts, run_dir=tmp_path, resume=True)
+    save_checkpoint(path, 7, params, state, meta)
+    with pytest.raises(ValueError, match="round 7 with 5 metrics rows does not fit a run of 5 "
+                                         "rounds; delete it to start over"):
+        run_fedavg(cfg, logistic(), data, parts, run_dir=tmp_path, resume=True)
+    np.savez(path, params=params)
+    with pytest.raises(ValueError, match=r"is not a refsim checkpoint \(no meta, round array\)"):
+        run_fedavg(cfg, logistic(), data, parts, run_dir=tmp_path, resume=True)
+
+
 def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "x.bin"
     atomic_write_bytes(target, b"old")
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["x.bin"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
 
 
 # -- kill -9 mid-round, then --resume: a real `refsim run` in a real process ------------------
