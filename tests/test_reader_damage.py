@@ -357,3 +357,22 @@ def test_cli_run_config_with_a_damaged_toml(tmp_path, capsys):
         _, err = capsys.readouterr()
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (kind, err)
         assert err.startswith("refsim run: error: --config: ") or "--clients" in err, err
+
+
+def test_a_damaged_shipped_golden_index_says_reinstall(tmp_path, monkeypatch):
+    from importlib import resources
+
+    from refsim.validation import golden
+    shipped = tmp_path / SHIPPED_DIR
+    shutil.copytree(resources.files("refsim.validation") / SHIPPED_DIR, shipped)
+    monkeypatch.setattr(golden.resources, "files", lambda package: tmp_path)
+    index = (shipped / "index.json").read_bytes()
+    for kind, damaged in damages(index, flips=6, cuts=3):
+        (shipped / "index.json").write_bytes(damaged)
+        try:
+            golden.shipped_files()
+        except ValueError as err:
+            assert "reinstall refsim" in str(err) and "\n" not in str(err), kind
+            continue
+        # a flipped description, or the file cut after its last brace: still consistent
+        assert kind not in ("empty", "random"), kind
