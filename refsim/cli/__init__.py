@@ -4,13 +4,15 @@ path, and turns errors into exit codes. One module per subcommand:
 ``refsim info``   version, backends, models (``info.py``)
 ``refsim run``    FedAvg on the embedded MNIST, the main job (``run.py``, ``run_settings.py``)
 ``refsim compare``  where two traces or weight files diverge (``compare.py``)
+``refsim compare-steps``  each local SGD step of a candidate, from its own weights
+                  (``compare_steps.py``)
 ``refsim golden`` write or check the golden vectors of ``docs/golden.md`` (``golden.py``)
 ``refsim flower-app``  the Flower app folder and the commands to run it (``flower_app.py``)
 """
 
 from __future__ import annotations
 
-from refsim.cli import compare, flower_app, golden, info, run
+from refsim.cli import compare, compare_steps, flower_app, golden, info, run
 from refsim.cli._common import ArgParser
 
 __all__ = ["build_parser", "main"]
@@ -21,7 +23,7 @@ def build_parser() -> ArgParser:
     parser = ArgParser(prog="refsim", description="refsim: a transparent reference simulator "
                                                   "for federated learning")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
-    for module in (info, run, compare, golden, flower_app):
+    for module in (info, run, compare, compare_steps, golden, flower_app):
         module.add_subcommand(sub)
     return parser
 

@@ -25,7 +25,8 @@ from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_nam
                                  partition_named)
 
 __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_partition",
-           "make_data", "eval_partition", "batch_label", "default_out", "add_arguments"]
+           "make_data", "load_images", "eval_partition", "batch_label", "default_out",
+           "add_arguments"]
 
 DATASETS = ("mnist", "femnist")
 PARTITIONS = PARTITION_NAMES
@@ -202,6 +203,16 @@ def make_partition(kind: str, s: dict, labels: np.ndarray, writers: np.ndarray |
         raise UsageError(f"--clients/--shards-per-client/--train-limit: {e}") from None
 
 
+def load_images(dataset: str):
+    """The uint8 images of ``dataset`` as ``refsim run`` trains on them (``make_data``)."""
+    if dataset == "mnist":
+        return load_mnist()
+    if dataset != "femnist":
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    images = load_femnist(only_digits=True)
+    return dataclasses.replace(images, x_train=255 - images.x_train, x_test=255 - images.x_test)
+
+
 def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
     """(data, writer of each training example, writer of each test example).
 
@@ -210,12 +221,7 @@ def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
     to MNIST's white-on-black (255 - x); train and test share writers.
     ``--train-limit`` / ``--test-limit`` keep the first examples (and their writers).
     """
-    if s["dataset"] == "mnist":
-        images = load_mnist()
-    else:
-        images = load_femnist(only_digits=True)
-        images = dataclasses.replace(images, x_train=255 - images.x_train,
-                                     x_test=255 - images.x_test)
+    images = load_images(s["dataset"])
     data = from_images(images, DType(s["dtype"]).np, s["train_limit"], s["test_limit"])
     writers_train, writers_test = images.groups_train, images.groups_test
     if writers_train is not None:

@@ -46,7 +46,8 @@ from refsim.nn import Model, ParamSpec, cnn_cifar, cnn_mnist, from_torch_state_d
 from refsim.nn import mlp_2nn
 from refsim.safe_npz import DamagedFileError, read_npy, read_npz
 
-__all__ = ["Layout", "Snapshot", "WeightSeries", "load_weights", "load_pair"]
+__all__ = ["Layout", "Snapshot", "WeightSeries", "load_weights", "load_pair", "resolve_layout",
+           "reference_model", "find_trace_dir", "read_trace_header"]
 
 # The networks whose layout a file may name (a checkpoint's model, a flat vector's size).
 REFERENCE_MODELS = (cnn_mnist, mlp_2nn, logistic, cnn_cifar)
@@ -98,7 +99,8 @@ def _reference_models() -> list[Model]:
     return [factory() for factory in REFERENCE_MODELS]
 
 
-def _reference_model(name: str) -> Model | None:
+def reference_model(name: str) -> Model | None:
+    """The reference model called ``name`` ('cnn_mnist', 'mlp_2nn', ...), None if none is."""
     return next((m for m in _reference_models() if m.name == name), None)
 
 
@@ -120,7 +122,7 @@ def _split(flat: np.ndarray, layout: tuple[ParamSpec, ...], what: str) -> dict[s
 
 # -- refsim's own files ---------------------------------------------------------------------------
 
-def _trace_dir(path: str) -> str | None:
+def find_trace_dir(path: str) -> str | None:
     """The trace folder of a run directory or trace directory ``path``; None if it has none."""
     for candidate in (os.path.join(path, "trace"), path):
         if os.path.isfile(os.path.join(candidate, "init.json")):
@@ -168,11 +170,20 @@ def _weights(arrays: dict[str, np.ndarray], path: str) -> np.ndarray:
     return arrays["weights"]
 
 
-def _load_trace(tdir: str) -> WeightSeries:
-    header = _read_json(os.path.join(tdir, "init.json"))
+def read_trace_header(tdir: str) -> dict:
+    """The trace's ``init.json``, checked: JSON, this refsim's format version, a model name and
+    a layout that tiles the flat vector (ValueError naming the file otherwise)."""
+    path = os.path.join(tdir, "init.json")
+    header = _read_json(path)
     if isinstance(header, dict) and header.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{tdir}: trace format_version {header.get('format_version')!r}, "
                          f"this refsim reads {FORMAT_VERSION}")
+    _trace_layout(path, header)
+    return header
+
+
+def _load_trace(tdir: str) -> WeightSeries:
+    header = read_trace_header(tdir)
     layout = _trace_layout(os.path.join(tdir, "init.json"), header)
     init = os.path.join(tdir, "init.npz")
     snapshots = [Snapshot(0, _split(_weights(read_npz(init), init), layout, f"{init} weights"))]
@@ -189,7 +200,7 @@ def _load_trace(tdir: str) -> WeightSeries:
 
 def _load_checkpoint(path: str) -> WeightSeries:
     done, params, _, meta = load_checkpoint(path)
-    model = _reference_model(meta.get("model", ""))
+    model = reference_model(meta.get("model", ""))
     if model is None:
         raise ValueError(f"{path}: checkpoint of model {meta.get('model')!r}, which is not one of "
                          f"refsim's reference models; compare its trace directory instead")
@@ -261,11 +272,16 @@ def _from_torch(model: Model, snapshots: list[Snapshot], path: str) -> list[Snap
     return out
 
 
-def _resolve_layout(path: str, snapshots: list[Snapshot], layout: Layout,
-                    other: WeightSeries | None) -> tuple[list[Snapshot], str | None, str]:
-    """(snapshots in refsim's layout, model name or None, mapping in words)."""
-    named = other.model if other is not None else None
-    named_model = _reference_model(named) if named else None
+def resolve_layout(path: str, snapshots: list[Snapshot], layout: Layout,
+                   model_name: str | None = None) -> tuple[list[Snapshot], str | None, str]:
+    """Named-array snapshots read from ``path`` in refsim's layout, as the module docstring
+    says: (snapshots, the model they fit or None, how they were read, in words).
+
+    model_name : the reference model they must be (e.g. the one the other input names);
+    None tries every reference model.
+    """
+    named = model_name
+    named_model = reference_model(named) if named else None
     candidates = [named_model] if named_model else _reference_models()
     first = snapshots[0].tensors
     as_refsim = [m for m in candidates if _fits(m, first, torch_layout=False)]
@@ -328,7 +344,7 @@ def load_weights(path: str | os.PathLike, layout: Layout = Layout.AUTO,
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     if os.path.isdir(path):
-        tdir = _trace_dir(path)
+        tdir = find_trace_dir(path)
         if tdir is None:
             raise ValueError(f"{path}: a directory without a refsim trace (no init.json in it or "
                              f"in its trace/); pass checkpoint.npz or final_weights.npy instead")
@@ -346,7 +362,8 @@ def load_weights(path: str | os.PathLike, layout: Layout = Layout.AUTO,
     if not z:
         raise ValueError(f"{path}: the npz holds no arrays")
     kind, snapshots = _named_snapshots(path, z)
-    snapshots, model, mapping = _resolve_layout(path, snapshots, layout, other)
+    snapshots, model, mapping = resolve_layout(path, snapshots, layout,
+                                               other.model if other is not None else None)
     return WeightSeries(path, kind, tuple(snapshots), model, None, mapping)
 
 
