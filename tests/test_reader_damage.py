@@ -25,6 +25,7 @@ from refsim.data.idx import encode_idx
 from refsim.fedavg import FedAvgConfig, from_images, run_fedavg
 from refsim.fedavg.storage import load_checkpoint
 from refsim.nn import logistic
+from refsim.safe_npz import read_npz as read_npz_file
 from refsim.validation.golden import SHIPPED_DIR, read_golden_dir
 from refsim.validation.golden_check import check_files
 from refsim.validation.weight_files import load_weights
@@ -376,3 +377,45 @@ def test_a_damaged_shipped_golden_index_says_reinstall(tmp_path, monkeypatch):
             continue
         # a flipped description, or the file cut after its last brace: still consistent
         assert kind not in ("empty", "random"), kind
+
+
+def test_cli_compare_steps_with_damaged_inputs(run_dir, tmp_path, capsys):
+    trace = tmp_path / "trace"
+    shutil.copytree(run_dir / "trace", trace)
+    clients = json.loads((trace / "round_000001.json").read_text())["clients"]
+    w = np.zeros(logistic().num_params, np.float32)
+    candidate = tmp_path / "server.npz"
+    np.savez(candidate, start=w, **{"global": w}, **{f"update_{k}": w for k in clients})
+    argv = ["compare-steps", str(candidate), str(trace), "--round", "1", "--server"]
+    assert cli.main(argv) in (0, 1)  # the undamaged inputs are read
+    capsys.readouterr()
+    for path in (candidate, trace / "init.npz", trace / "round_000001.json",
+                 trace / "init.json"):
+        data = path.read_bytes()
+        for kind, damaged in damages(data, flips=60, cuts=3):
+            path.write_bytes(damaged)
+            code = _cli_error(argv, capsys, path.name, "compare-steps")
+            assert code == 2 or kind.startswith("flip") or \
+                kind.startswith("cut") and path.suffix == ".json", (path.name, kind)
+        path.write_bytes(data)
+
+
+def test_cli_compare_steps_of_a_client_with_damaged_inputs(run_dir, tmp_path, capsys):
+    trace = tmp_path / "trace"
+    shutil.copytree(run_dir / "trace", trace)
+    client = json.loads((trace / "round_000001.json").read_text())["clients"][0]
+    w = read_npz_file(trace / "init.npz")["weights"]
+    candidate = tmp_path / "steps.npz"
+    np.savez(candidate, step_0=w, step_1=w)
+    argv = ["compare-steps", str(candidate), str(trace), "--round", "1", "--client",
+            str(client)]
+    assert cli.main(argv) in (0, 1)  # the undamaged inputs are read
+    capsys.readouterr()
+    for path in (candidate, trace / "round_000001.npz", trace / "round_000001.json"):
+        data = path.read_bytes()
+        for kind, damaged in damages(data, flips=16, cuts=3):
+            path.write_bytes(damaged)
+            code = _cli_error(argv, capsys, path.name, "compare-steps")
+            assert code == 2 or kind.startswith("flip") or \
+                kind.startswith("cut") and path.suffix == ".json", (path.name, kind)
+        path.write_bytes(data)

@@ -176,7 +176,7 @@ def read_trace_header(tdir: str) -> dict:
     path = os.path.join(tdir, "init.json")
     header = _read_json(path)
     if isinstance(header, dict) and header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{tdir}: trace format_version {header.get('format_version')!r}, "
+        raise ValueError(f"{path}: trace format_version {header.get('format_version')!r}, "
                          f"this refsim reads {FORMAT_VERSION}")
     _trace_layout(path, header)
     return header
