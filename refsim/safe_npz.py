@@ -153,6 +153,8 @@ def read_npy(source, name: str | None = None) -> np.ndarray:
         raise DamagedFileError(f"{name} is empty (0 bytes)")
     if data.startswith(ZIP_MAGIC):
         raise DamagedFileError(f"{name} is an .npz archive, not an .npy file")
+    if len(data) < len(NPY_MAGIC) and NPY_MAGIC.startswith(data):
+        raise DamagedFileError(f"{name} is truncated ({len(data)} bytes)")
     if not data.startswith(NPY_MAGIC):
         raise DamagedFileError(f"{name} is not an .npy file (it does not start with the "
                                f"\\x93NUMPY magic{_looks_like(data)})")

@@ -217,7 +217,7 @@ def test_npy_round_trip_and_damage(array):
             # header) gives other numbers, but never another number of them
             assert back.size == array.size and back.dtype.itemsize == array.dtype.itemsize
     for n in range(len(raw)):
-        with pytest.raises(DamagedFileError, match="^w.npy is (truncated|empty|not an .npy)"):
+        with pytest.raises(DamagedFileError, match="^w.npy is (truncated|empty)"):
             read_npy(raw[:n], "w.npy")
     with pytest.raises(DamagedFileError, match=r"w.npy is corrupt .*but \d+ follow it\)$"):
         read_npy(raw + b"x", "w.npy")
