@@ -1,4 +1,6 @@
-"""Checkpoint and resume: an interrupted run resumed from its checkpoint is bit-identical, a\nrun killed with SIGKILL mid-round included; a damaged checkpoint is one line, exit code 2."""
+"""Checkpoint and resume: an interrupted run resumed from its checkpoint is bit-identical, a
+real `refsim run` killed with SIGKILL mid-round included; a checkpoint that does not fit its
+run is refused; one `refsim run` per run directory."""
 
 import json
 import os

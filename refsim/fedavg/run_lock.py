@@ -147,16 +147,16 @@ def lock_run_dir(directory: str | os.PathLike) -> Iterator[LockHolder | None]:
     []
     """
     directory = os.fspath(directory)
-    if fcntl is None:
-        yield None
-        return
     path = os.path.join(directory, LOCK_FILE)
     try:
         os.makedirs(directory, exist_ok=True)
-        fd = _open_locked(path, directory)
+        fd = None if fcntl is None else _open_locked(path, directory)
     except OSError as err:
         raise RunLockError(f"{path}: cannot create the run directory's lock file "
-                         f"({err.strerror})") from None
+                           f"({err.strerror})") from None
+    if fd is None:  # no fcntl: see the module docstring
+        yield None
+        return
     try:
         stale = _holder(fd)
         mine = {"pid": os.getpid(), "host": socket.gethostname(),
