@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 import refsim
+from refsim.fedavg.storage import atomic_write_bytes
 
 __all__ = ["UsageError", "ArgParser", "flag", "write_text", "versions"]
 
@@ -30,9 +31,9 @@ def flag(key: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-    """UTF-8 text with ``\\n`` line ends on every platform (reruns are byte-identical)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+    """UTF-8 text with ``\\n`` line ends on every platform (reruns are byte-identical),
+    written atomically (a run killed meanwhile leaves the old file or the new one)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def versions() -> dict:

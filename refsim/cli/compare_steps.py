@@ -22,10 +22,10 @@ from refsim.cli._common import UsageError
 from refsim.cli.run_settings import DATASETS, load_images
 from refsim.validation.server_step import ServerCheck, check_server_step, load_server_inputs
 from refsim.validation.step_inputs import (load_client_round, load_steps, read_json,
-                                           trace_dir_of)
+                                           trace_dir_of, trace_model)
 from refsim.validation.steps import (C_DEFAULT, FLOOR_ULPS, StepCheck, StepsReport,
                                      StepTolerance, TensorCheck, check_client_steps)
-from refsim.validation.weight_files import Layout, read_trace_header, reference_model
+from refsim.validation.weight_files import Layout
 
 __all__ = ["add_subcommand", "compare_steps", "format_steps_report", "format_server_report"]
 
@@ -117,7 +117,7 @@ def compare_steps(args: argparse.Namespace) -> int:
         tol = StepTolerance(args.c, args.floor_ulps, args.max_tries)
         layout = Layout(args.layout)
         if args.server:
-            model = reference_model(read_trace_header(trace_dir_of(args.trace)).get("model", ""))
+            model = trace_model(trace_dir_of(args.trace))
             inputs = load_server_inputs(args.candidate, model, layout)
             result = check_server_step(inputs, args.trace, args.round, tol)
             text, data, agree = format_server_report(result), result.to_dict(), result.agree

@@ -10,6 +10,7 @@ flag and can come from a TOML file (``run_settings.py``).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -23,6 +24,8 @@ from refsim.cli.run_settings import (MODELS, add_arguments, batch_label, default
                                      make_partition, settings)
 from refsim.fedavg import (NonFiniteUpdateError, metrics_csv, metrics_jsonl, rounds_to_targets,
                            run_fedavg)
+from refsim.fedavg.run_lock import RunLockError, lock_run_dir
+from refsim.fedavg.storage import atomic_write_bytes, remove_partial_writes
 
 __all__ = ["add_subcommand", "run", "format_table"]
 
@@ -58,6 +61,12 @@ def format_table(rows: list[dict], targets) -> str:
                      f"{r['bits_per_parameter']:>11.3f}"
                      + (f"{ent:>9.3f}" if ent is not None else f"{'-':>9}"))
     return "\n".join(lines) + "\n"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def _plots(out: str, runs: list, mode: str) -> str | None:
@@ -126,7 +135,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = MODELS[s["model"]]()
     out = s["out"] or default_out(s)
-    os.makedirs(out, exist_ok=True)
+    try:
+        with lock_run_dir(out) as stale:  # one refsim run per --out (docs/fedavg.md)
+            if stale is not None:
+                print(f"refsim run: note: took over the lock of {out} left by {stale}, which "
+                      f"is no longer running", file=sys.stderr)
+            remove_partial_writes(out)
+            return _run_locked(s, pairs, configs, data, parts, evals, model, out)
+    except RunLockError as err:  # another run holds it, or no lock file can be made there
+        print(f"refsim run: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_locked(s, pairs, configs, data, parts, evals, model, out: str) -> int:
+    """The runs of ``refsim run`` and their files, with ``out`` locked (see ``run``)."""
     runs, rows, walls = [], [], {}
     for p, e, b, c in ((p, e, b, c) for p in s["partition"] for e, b in pairs
                        for c in s["codec"]):
@@ -152,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         runs.append((name, h))
         write_text(os.path.join(run_dir, "metrics.csv"), metrics_csv(h.rounds))
         write_text(os.path.join(run_dir, "metrics.jsonl"), metrics_jsonl(h.rounds))
-        np.save(os.path.join(run_dir, "final_weights.npy"), h.params)
+        atomic_write_bytes(os.path.join(run_dir, "final_weights.npy"), _npy_bytes(h.params))
         summary = {"run": name, "model": model.name, "partition": p, "codec": c,
                    "config": cfg.to_dict(), "seed": cfg.seed, "num_clients": len(parts[p]),
                    "settings": {k: v for k, v in s.items() if k != "resume"},

@@ -65,6 +65,8 @@ def _batch_size(text):
     if isinstance(text, str) and text.lower() in ("inf", "none"):
         return None
     try:
+        if not isinstance(text, (str, int)) or isinstance(text, bool):
+            raise TypeError  # e.g. 1.5 in a TOML file, which int() would truncate
         return int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'inf', got {text!r}")
@@ -78,9 +80,16 @@ def _load_toml(path: str) -> dict:
             return tomllib.loads(shipped.read_text())
     try:
         with open(path, "rb") as f:
-            table = tomllib.load(f)
+            raw = f.read()
+        if not raw:
+            raise UsageError(f"--config: {path} is empty (0 bytes); a file of comments only "
+                             f"means no settings")
+        table = tomllib.loads(raw.decode("utf-8"))
     except OSError as e:
         raise UsageError(f"--config: cannot read {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--config: {path} is not a TOML file (not UTF-8 text: {e.reason} at "
+                         f"byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--config: {path}: invalid TOML: {e}") from None
     for key in table:
@@ -125,6 +134,8 @@ def settings(args: argparse.Namespace) -> dict:
     for key, allowed in (("partition", PARTITIONS), ("codec", CODECS)):
         if isinstance(s[key], str):
             s[key] = [s[key]]
+        if not isinstance(s[key], list):
+            raise UsageError(f"{flag(key)}: expected a name or a list of names, got {s[key]!r}")
         if not s[key]:
             raise UsageError(f"{flag(key)}: give at least one of {', '.join(allowed)}")
         for v in s[key]:
@@ -133,6 +144,11 @@ def settings(args: argparse.Namespace) -> dict:
                       ("init", InitScheme), ("nan_policy", NanPolicy)):
         _check_choice(key, s[key], tuple(m.value for m in enum))
     _check_choice("plot", s["plot"], ("auto", "yes", "no"))
+    for key in ("trace", "resume", "quiet", "server_bias_correction"):  # TOML may give any type
+        if not isinstance(s[key], bool):
+            raise UsageError(f"{flag(key)}: expected true or false, got {s[key]!r}")
+    if s["out"] is not None and not isinstance(s["out"], str):
+        raise UsageError(f"--out: expected a directory path, got {s['out']!r}")
     _check_int("clients", s["clients"], 1)
     _check_int("shards_per_client", s["shards_per_client"], 1)
     _check_int("bits", s["bits"], 1, 16)

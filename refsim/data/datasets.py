@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
-import zipfile
-import zlib
 from importlib import resources
 
 import numpy as np
 
 from refsim.data.idx import parse_idx
+from refsim.safe_npz import read_npz
 
 __all__ = ["ImageData", "EMBEDDED_MD5", "load_mnist", "load_mnist_writers", "load_femnist",
            "embedded_bytes"]
@@ -45,6 +43,8 @@ EMBEDDED_MD5: dict[str, str] = {
 }
 _MNIST_SPLITS = (("train", 60000), ("t10k", 10000))
 _MNIST_FILES = {"images": "{split}-images-idx3-ubyte", "labels": "{split}-labels-idx1-ubyte"}
+_FEMNIST_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "writer_train", "writer_test",
+                   "writers")
 # the names torchvision and some mirrors use for the raw files
 _MNIST_ALT_FILES = {"images": "{split}-images.idx3-ubyte", "labels": "{split}-labels.idx1-ubyte"}
 
@@ -115,12 +115,9 @@ def _find_idx(directory: str, split: str, kind: str) -> str:
 
 
 def _load_mnist_npz(path: str) -> ImageData:
-    """Keras' ``mnist.npz``: arrays x_train (60000, 28, 28), y_train, x_test, y_test."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in f}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+    """Keras' ``mnist.npz``: arrays x_train (60000, 28, 28), y_train, x_test, y_test (read
+    and checked in full by ``refsim.safe_npz.read_npz``: ValueError naming a damaged file)."""
+    arrays = read_npz(path)
     missing = {"x_train", "y_train", "x_test", "y_test"} - arrays.keys()
     if missing:
         raise ValueError(f"{path}: missing arrays {sorted(missing)} (Keras mnist.npz layout)")
@@ -208,8 +205,10 @@ def load_femnist(only_digits: bool = False, verify: bool = True) -> ImageData:
     """
     name = "femnist_leaf_212writers.npz"
     raw = embedded_bytes(name, verify)
-    with np.load(io.BytesIO(raw), allow_pickle=False) as f:
-        d = {k: f[k] for k in f.files}
+    d = read_npz(raw, name)
+    missing = sorted(set(_FEMNIST_ARRAYS) - d.keys())
+    if missing:
+        raise ValueError(f"embedded file {name} lacks arrays {missing}")
     keep_tr = d["y_train"] < 10 if only_digits else np.ones(len(d["y_train"]), bool)  # (N,)
     keep_te = d["y_test"] < 10 if only_digits else np.ones(len(d["y_test"]), bool)  # (M,)
     return ImageData(

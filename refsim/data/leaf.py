@@ -38,13 +38,15 @@ class LeafData:
 def _load_json(path: str) -> dict:
     with open(path, "rb") as f:
         raw = f.read()
+    if not raw:
+        raise ValueError(f"{path}: empty file (0 bytes)")
     try:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         return json.loads(raw)
     except EOFError:
         raise ValueError(f"{path}: truncated gzip stream") from None
-    except (OSError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: not valid LEAF JSON ({err})") from None
 
 
@@ -64,14 +66,21 @@ def read_leaf_json(paths: str | os.PathLike | list) -> LeafData:
         doc = _load_json(path)
         if not isinstance(doc, dict) or not {"users", "num_samples", "user_data"} <= doc.keys():
             raise ValueError(f"{path}: LEAF JSON needs keys users, num_samples, user_data")
+        if not isinstance(doc["users"], list) or not isinstance(doc["num_samples"], list) or \
+                not isinstance(doc["user_data"], dict):
+            raise ValueError(f"{path}: LEAF JSON needs users and num_samples as lists and "
+                             f"user_data as an object")
         if len(doc["users"]) != len(doc["num_samples"]):
             raise ValueError(f"{path}: {len(doc['users'])} users but "
                              f"{len(doc['num_samples'])} num_samples")
         for user, count in zip(doc["users"], doc["num_samples"]):
+            if not isinstance(user, str) or type(count) is not int or count < 0:
+                raise ValueError(f"{path}: user {user!r} with num_samples {count!r}: users "
+                                 f"must be strings and num_samples integers >= 0")
             if user in users:
                 raise ValueError(f"{path}: user {user!r} occurs twice")
             entry = doc["user_data"].get(user)
-            if entry is None or "x" not in entry or "y" not in entry:
+            if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
                 raise ValueError(f"{path}: user {user!r} has no x/y in user_data")
             try:
                 x = np.asarray(entry["x"], dtype=np.float64)  # (n_u, D)

@@ -25,6 +25,7 @@ refsim's exact choices (each stated where it is made below; all in ``docs/fedavg
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -40,7 +41,9 @@ from refsim.fedavg.metrics import History, RoundMetrics, evaluate, federated_eva
 from refsim.fedavg.server import aggregate_round, init_server_state
 from refsim.fedavg.stacked import client_updates
 from refsim.fedavg.transport import decode_broadcast, encode_broadcast
-from refsim.fedavg.storage import (FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json,
+from refsim.fedavg.run_lock import lock_run_dir
+from refsim.fedavg.storage import (FORMAT_VERSION, check_resumable, load_checkpoint,
+                                   remove_partial_writes, save_checkpoint, write_json,
                                    write_npz)
 from refsim.nn import Model
 
@@ -123,7 +126,8 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
         held-out training examples (``eval_holdout`` must be 0).
     run_dir : where ``checkpoint.npz`` is written after every round (atomically), and
         ``trace/`` when ``trace`` (weights every ``trace_every`` rounds and at the last);
-        None writes nothing.
+        None writes nothing. The run holds the directory's lock (``run_lock.lock_run_dir``)
+        throughout: another run on it raises RunDirBusy, a ValueError naming its PID.
     resume : continue from ``run_dir/checkpoint.npz`` when it exists (same config, model and
         K, else ValueError). Every stream is keyed by (seed, round, ...), so no generator
         state is needed: the resumed run is bit-identical to an uninterrupted one.
@@ -132,6 +136,17 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
     With ``config.backend == "cupy"`` the weights and the data live on the GPU; codecs, traces
     and checkpoints work on host copies.
     """
+    with contextlib.ExitStack() as held:
+        if run_dir is not None:
+            held.enter_context(lock_run_dir(run_dir))
+            remove_partial_writes(run_dir)  # what a run killed mid-write left
+        return _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
+                           trace, trace_every, on_round)
+
+
+def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume, trace,
+                trace_every, on_round) -> History:
+    """The body of :func:`run_fedavg` (its arguments, in order), with run_dir locked."""
     if data.x_train.dtype != config.dtype.np:
         raise TypeError(f"data is {data.x_train.dtype} but config.dtype is {config.dtype.np}")
     xp = get_xp(config.backend)  # ValueError when the backend is not available here
@@ -152,6 +167,8 @@ def run_fedavg(config: FedAvgConfig, model: Model, data: FedData,
         done, params, state, saved = load_checkpoint(ckpt)
         if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
             raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
+        check_resumable(ckpt, done, params, state, saved, w0, init_server_state(config.server, w0),
+                        config.rounds)
         rows, start = [RoundMetrics.from_dict(d) for d in saved["metrics"]], done + 1
     if trace:
         if run_dir is None:

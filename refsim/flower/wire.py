@@ -28,12 +28,11 @@ int64, so every number arrives bit for bit. Malformed content raises ValueError 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from refsim.fedavg import ClientReport
+from refsim.safe_npz import read_npy
 
 __all__ = ["CODEC_STYPE", "NUMPY_STYPE", "payload_to_array", "array_to_payload", "payload_bits",
            "instruction_content", "read_instruction_content", "report_content",
@@ -73,8 +72,8 @@ def array_to_payload(arr: Array, coded: bool, what: str) -> bytes | np.ndarray:
                              f"({len(arr.data)},), got {arr.dtype} {tuple(arr.shape)}")
         return bytes(arr.data)
     try:
-        out = np.load(io.BytesIO(arr.data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+        out = read_npy(bytes(arr.data), "the array")
+    except ValueError as e:
         raise ValueError(f"{what}: unreadable {NUMPY_STYPE} bytes ({e})") from None
     if not isinstance(out, np.ndarray) or str(out.dtype) != arr.dtype or \
             tuple(out.shape) != tuple(arr.shape):

@@ -186,12 +186,17 @@ def shipped_files() -> dict[str, bytes]:
         raise ValueError(f"the shipped golden vectors are missing ({root}/{INDEX}); reinstall "
                          f"refsim, or regenerate them with write_golden")
     files = {INDEX: root.joinpath(INDEX).read_bytes()}
-    index = json.loads(files[INDEX])
-    for entry in index["files"]:
-        member = root.joinpath(entry["name"])
+    try:
+        index = json.loads(files[INDEX])
+        entries = [(e["name"], e["sha256"]) for e in index["files"]]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"the shipped {INDEX} of the golden vectors is damaged; reinstall "
+                         f"refsim") from None
+    for name, sha256 in entries:
+        member = root.joinpath(name)
         data = member.read_bytes() if member.is_file() else None
-        if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ValueError(f"the shipped golden file {entry['name']} is missing or does not "
-                             f"match its sha256 in {INDEX}; reinstall refsim")
-        files[entry["name"]] = data
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"the shipped golden file {name} is missing or does not match its "
+                             f"sha256 in {INDEX}; reinstall refsim")
+        files[name] = data
     return files

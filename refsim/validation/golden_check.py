@@ -94,10 +94,7 @@ def check_files(candidate: Mapping[str, bytes],
         if candidate[name] == reference[name]:
             results.append(FileCheck(name, True, "identical bytes"))
             continue
-        try:
-            actual = read_npz(candidate[name])
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
+        actual = read_npz(candidate[name], name)  # ValueError naming the file when damaged
         ok, detail = compare_arrays(actual, read_npz(reference[name]), entry["tolerance"])
         results.append(FileCheck(name, ok, detail))
     return results

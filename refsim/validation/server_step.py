@@ -40,10 +40,10 @@ import numpy as np
 from refsim.fedavg import ServerOpt, ServerOptConfig, Weighting
 from refsim.fedavg.server import init_server_state, server_update, weighted_average
 from refsim.nn import Model
-from refsim.validation.step_inputs import read_json, trace_dir_of
+from refsim.safe_npz import read_npz
+from refsim.validation.step_inputs import read_round_json, trace_dir_of, trace_model
 from refsim.validation.steps import StepTolerance, TensorCheck, tensor_checks, tensor_dict
-from refsim.validation.weight_files import (Layout, Snapshot, read_trace_header,
-                                            reference_model, resolve_layout)
+from refsim.validation.weight_files import Layout, Snapshot, read_trace_header, resolve_layout
 
 __all__ = ["ServerInputs", "ServerCheck", "load_server_inputs", "check_server_step"]
 
@@ -119,17 +119,15 @@ def load_server_inputs(path: str | os.PathLike, model: Model,
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     groups: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            m = KEY.fullmatch(key)
-            if m is None:
-                raise ValueError(f"{path}: key {key!r} is none of start/, global/, update_<k>/, "
-                                 f"client_<k>/, state/<key>/ (docs/validation.md)")
-            array = z[key]
-            if array.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{path}: {key} is {array.dtype}; weights must be float32 or "
-                                f"float64")
-            groups.setdefault(m.group(1), {})[m.group(2) or ""] = array
+    for key, array in read_npz(path).items():  # every byte checked (refsim.safe_npz)
+        m = KEY.fullmatch(key)
+        if m is None:
+            raise ValueError(f"{path}: key {key!r} is none of start/, global/, update_<k>/, "
+                             f"client_<k>/, state/<key>/ (docs/validation.md)")
+        if array.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{path}: {key} is {array.dtype}; weights must be float32 or "
+                            f"float64")
+        groups.setdefault(m.group(1), {})[m.group(2) or ""] = array
     for needed in ("start", "global"):
         if needed not in groups:
             raise ValueError(f"{path}: no {needed}/ weights (w_t and w_(t+1) are both needed)")
@@ -167,12 +165,18 @@ def check_server_step(inputs: ServerInputs, trace: str | os.PathLike, round_: in
     round ``round_`` of the trace."""
     tdir = trace_dir_of(trace)
     header = read_trace_header(tdir)
-    model = reference_model(header.get("model", ""))
-    config = header["config"]
+    model = trace_model(tdir, header)
+    try:  # a damaged init.json may still be JSON: name it rather than a missing key
+        config = header["config"]
+        server, by_examples = (_server_opt(config["server"]),
+                               config["weighting"] == Weighting.EXAMPLES.value)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{tdir}/init.json: its config is not a refsim run's "
+                         f"({type(error).__name__}: {error})") from None
     rnd_path = os.path.join(tdir, f"round_{round_:06d}.json")
     if not os.path.isfile(rnd_path):
         raise ValueError(f"{tdir}: no round {round_} in the trace")
-    rnd = read_json(rnd_path)
+    rnd = read_round_json(rnd_path)
     reporting = [k for k in rnd["clients"] if k not in rnd.get("dropped", [])]
     if sorted(inputs.updates) != sorted(reporting):
         raise ValueError(f"{inputs.path}: has clients {sorted(inputs.updates)}, but round "
@@ -181,11 +185,12 @@ def check_server_step(inputs: ServerInputs, trace: str | os.PathLike, round_: in
                                                      and _lossless(config.get("downlink"))):
         raise ValueError(f"{inputs.path}: the run codes its updates lossily; give the decoded "
                          f"updates as update_<k>/ instead of client weights")
-    server = _server_opt(config["server"])
-    with np.load(os.path.join(tdir, "init.npz"), allow_pickle=False) as z:
-        sizes = {k: len(z[f"client_{k}"]) for k in reporting}
-    weights = tuple(float(sizes[k]) if config["weighting"] == Weighting.EXAMPLES.value else 1.0
-                    for k in reporting)
+    z = read_npz(os.path.join(tdir, "init.npz"))
+    if any(f"client_{k}" not in z for k in reporting):
+        raise ValueError(f"{tdir}/init.npz lacks the index arrays client_<k> of round "
+                         f"{round_}'s clients {reporting}")
+    sizes = {k: len(z[f"client_{k}"]) for k in reporting}
+    weights = tuple(float(sizes[k]) if by_examples else 1.0 for k in reporting)
     state = inputs.state
     if not state:
         if round_ > 1 and init_server_state(server, inputs.start):

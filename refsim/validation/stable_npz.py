@@ -13,7 +13,8 @@ archive holding one ``.npy`` file per array (NumPy's "NPY format", ``numpy.lib.f
 
 Only bool, integer and float arrays are accepted (no object arrays, so no pickles, and no
 strings, which many C++ ``.npy`` readers do not support). ``numpy.load(path,
-allow_pickle=False)`` reads the result like any ``.npz``.
+allow_pickle=False)`` reads the result like any ``.npz``; :func:`read_npz` reads it back
+with every member checked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import zipfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from refsim import safe_npz
 
 __all__ = ["npz_bytes", "read_npz"]
 
@@ -71,17 +74,12 @@ def npz_bytes(arrays: Mapping[str, object]) -> bytes:
     return buf.getvalue()
 
 
-def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` given as bytes, read with ``allow_pickle=False``.
+def read_npz(data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` given as bytes, each member's CRC-32 checked and nothing
+    unpickled (``refsim.safe_npz.read_npz``).
 
-    ValueError (naming the problem) when ``data`` is not a readable ``.npz`` without pickles.
+    ValueError naming ``name`` and the problem when ``data`` is not a readable ``.npz``.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    if not bytes(data[:4]) == b"PK\x03\x04":
-        raise ValueError("not a readable .npz: it does not start with a zip entry")
-    try:
-        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
-            return {name: z[name] for name in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise ValueError(f"not a readable .npz without pickles ({type(e).__name__}: {e})") from None
+    return safe_npz.read_npz(data, name)

@@ -26,6 +26,7 @@ import numpy as np
 
 from refsim.data.batching import batch_slices
 from refsim.nn import Model
+from refsim.safe_npz import read_npz
 from refsim.validation.weight_files import (Layout, Snapshot, find_trace_dir, read_trace_header,
                                             reference_model, resolve_layout)
 
@@ -107,8 +108,33 @@ def read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
+
+
+def trace_model(tdir: str, header: dict | None = None) -> Model:
+    """The reference model a trace's ``init.json`` names (``header``: that file, read);
+    ValueError when it names none of them."""
+    header = read_trace_header(tdir) if header is None else header
+    model = reference_model(header.get("model", ""))
+    if model is None:
+        raise ValueError(f"{os.path.join(tdir, 'init.json')}: trace of model "
+                         f"{header.get('model')!r}, which is not one of refsim's reference models")
+    return model
+
+
+def read_round_json(path: str) -> dict:
+    """A trace's ``round_<t>.json``, checked for the keys this module reads (clients and
+    dropped: lists of ids, lr: a number, batch_size: an integer or null); ValueError naming
+    the file otherwise."""
+    rnd = read_json(path)
+    ids = (lambda v: isinstance(v, list) and all(type(k) is int for k in v))
+    if not isinstance(rnd, dict) or not ids(rnd.get("clients")) or \
+            not ids(rnd.get("dropped", [])) or type(rnd.get("lr")) not in (int, float) or \
+            not (rnd.get("batch_size") is None or type(rnd.get("batch_size")) is int):
+        raise ValueError(f"{path} is not a refsim trace's round file (clients, dropped, lr, "
+                         f"batch_size)")
+    return rnd
 
 
 def load_client_round(trace: str | os.PathLike, round_: int, client: int) -> ClientRound:
@@ -117,22 +143,21 @@ def load_client_round(trace: str | os.PathLike, round_: int, client: int) -> Cli
     the round's files, or the client when it was not sampled in that round."""
     tdir = trace_dir_of(trace)
     header = read_trace_header(tdir)
-    model = reference_model(header.get("model", ""))
-    if model is None:
-        raise ValueError(f"{tdir}: trace of model {header.get('model')!r}, which is not one of "
-                         f"refsim's reference models")
+    model = trace_model(tdir, header)
     stem = os.path.join(tdir, f"round_{round_:06d}")
     if not os.path.isfile(stem + ".json"):
         rounds = sorted(int(m.group(1)) for name in os.listdir(tdir)
                         if (m := re.fullmatch(r"round_(\d+)\.json", name)))
         raise ValueError(f"{tdir}: no round {round_} in the trace (it has rounds "
                          f"{rounds[0] if rounds else '-'}..{rounds[-1] if rounds else '-'})")
-    rnd = read_json(stem + ".json")
+    rnd = read_round_json(stem + ".json")
     if client not in rnd["clients"]:
         raise ValueError(f"{tdir}: client {client} was not sampled in round {round_} "
                          f"(its clients are {rnd['clients']})")
-    with np.load(stem + ".npz", allow_pickle=False) as z:
-        order = np.asarray(z[f"order_{client}"], dtype=np.int64)  # (E, n_k)
+    z = read_npz(stem + ".npz")  # every byte checked (refsim.safe_npz)
+    if f"order_{client}" not in z:
+        raise ValueError(f"{stem}.npz has no batch order order_{client}")
+    order = np.asarray(z[f"order_{client}"], dtype=np.int64)  # (E, n_k)
     config = header.get("config", {})
     return ClientRound(tdir, model, round_, client, float(rnd["lr"]), rnd["batch_size"], order,
                        config)
@@ -142,7 +167,7 @@ def _snapshots(path: str, z) -> tuple[list[Snapshot], bool]:
     """Per-step snapshots of the npz ``z``, and whether they are flat vectors."""
     steps: dict[int, dict[str, np.ndarray]] = {}
     flat: dict[int, np.ndarray] = {}
-    for key in z.files:
+    for key in z:
         m = STEP_KEY.fullmatch(key)
         if m is None:
             raise ValueError(f"{path}: key {key!r} is not step_<j>/<tensor> or step_<j>; a "
@@ -177,8 +202,7 @@ def load_steps(path: str | os.PathLike, model: Model, layout: Layout = Layout.AU
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
-    with np.load(path, allow_pickle=False) as z:
-        snapshots, is_flat = _snapshots(path, z)
+    snapshots, is_flat = _snapshots(path, read_npz(path))
     steps = tuple(s.round for s in snapshots)
     if len(steps) < 2:
         raise ValueError(f"{path}: holds step {steps[0]} only; a step is checked from w_j to "

@@ -41,9 +41,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refsim.fedavg.storage import FORMAT_VERSION
+from refsim.fedavg.storage import FORMAT_VERSION, load_checkpoint
 from refsim.nn import Model, ParamSpec, cnn_cifar, cnn_mnist, from_torch_state_dict, logistic
 from refsim.nn import mlp_2nn
+from refsim.safe_npz import DamagedFileError, read_npy, read_npz
 
 __all__ = ["Layout", "Snapshot", "WeightSeries", "load_weights", "load_pair", "resolve_layout",
            "reference_model", "find_trace_dir", "read_trace_header"]
@@ -129,47 +130,87 @@ def find_trace_dir(path: str) -> str | None:
     return None
 
 
+def _read_json(path: str):
+    """The JSON document in file ``path``; ValueError naming the file when it is empty or not
+    valid JSON (truncated, corrupt, or not JSON at all)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        raise DamagedFileError(f"{path} is empty (0 bytes)")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{path} is truncated or corrupt (not valid JSON: {err})") \
+            from None
+
+
+def _trace_layout(path: str, header) -> tuple[ParamSpec, ...]:
+    """The layout of a trace's init.json ``header``, checked: [name, shape, offset] entries
+    that tile the flat vector in order (offset = the sizes before it)."""
+    if not isinstance(header, dict) or not isinstance(header.get("model"), str) or \
+            not isinstance(header.get("layout"), list) or not header["layout"]:
+        raise ValueError(f"{path} is not a refsim trace header (it needs format_version, model "
+                         f"and layout)")
+    layout, offset = [], 0
+    for entry in header["layout"]:
+        ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and \
+            isinstance(entry[1], list) and all(type(d) is int and d >= 0 for d in entry[1]) \
+            and entry[2] == offset
+        if not ok:
+            raise ValueError(f"{path}: layout entry {entry!r} is not [name, shape, offset] "
+                             f"with offset {offset} (the sizes before it)")
+        layout.append(ParamSpec(entry[0], tuple(entry[1]), offset))
+        offset += layout[-1].size
+    return tuple(layout)
+
+
+def _weights(arrays: dict[str, np.ndarray], path: str) -> np.ndarray:
+    if "weights" not in arrays:
+        raise ValueError(f"{path}: no 'weights' array (not the init.npz of a refsim trace)")
+    return arrays["weights"]
+
+
 def read_trace_header(tdir: str) -> dict:
-    """The trace's ``init.json``, checked for this refsim's format version."""
-    with open(os.path.join(tdir, "init.json"), encoding="utf-8") as f:
-        header = json.load(f)
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{tdir}: trace format_version {header.get('format_version')!r}, "
+    """The trace's ``init.json``, checked: JSON, this refsim's format version, a model name and
+    a layout that tiles the flat vector (ValueError naming the file otherwise)."""
+    path = os.path.join(tdir, "init.json")
+    header = _read_json(path)
+    if isinstance(header, dict) and header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: trace format_version {header.get('format_version')!r}, "
                          f"this refsim reads {FORMAT_VERSION}")
+    _trace_layout(path, header)
     return header
 
 
 def _load_trace(tdir: str) -> WeightSeries:
     header = read_trace_header(tdir)
-    layout = tuple(ParamSpec(name, tuple(shape), offset)
-                   for name, shape, offset in header["layout"])
-    with np.load(os.path.join(tdir, "init.npz"), allow_pickle=False) as z:
-        snapshots = [Snapshot(0, _split(z["weights"], layout, f"{tdir}/init.npz weights"))]
+    layout = _trace_layout(os.path.join(tdir, "init.json"), header)
+    init = os.path.join(tdir, "init.npz")
+    snapshots = [Snapshot(0, _split(_weights(read_npz(init), init), layout, f"{init} weights"))]
     rounds = sorted((int(m.group(1)), name) for name in os.listdir(tdir)
                     if (m := TRACE_ROUND_FILE.fullmatch(name)))
     for t, name in rounds:
-        with np.load(os.path.join(tdir, name), allow_pickle=False) as z:
-            if "weights" in z.files:  # only rounds with t % trace_every == 0 and the last
-                tensors = _split(z["weights"], layout, f"{tdir}/{name} weights")
-                snapshots.append(Snapshot(t, tensors))
+        z = read_npz(os.path.join(tdir, name))
+        if "weights" in z:  # only rounds with t % trace_every == 0 and the last
+            tensors = _split(z["weights"], layout, f"{tdir}/{name} weights")
+            snapshots.append(Snapshot(t, tensors))
     return WeightSeries(tdir, "refsim trace", tuple(snapshots), header["model"], layout,
                         f"flat vectors cut by the layout in init.json ({header['model']})")
 
 
-def _load_checkpoint(path: str, z) -> WeightSeries:
-    meta = json.loads(str(z["meta"]))
+def _load_checkpoint(path: str) -> WeightSeries:
+    done, params, _, meta = load_checkpoint(path)
     model = reference_model(meta.get("model", ""))
     if model is None:
         raise ValueError(f"{path}: checkpoint of model {meta.get('model')!r}, which is not one of "
                          f"refsim's reference models; compare its trace directory instead")
-    params = z["params"]
-    snapshot = Snapshot(int(z["round"]), _split(params, model.layout, f"{path} params"))
+    snapshot = Snapshot(done, _split(params, model.layout, f"{path} params"))
     return WeightSeries(path, "refsim checkpoint", (snapshot,), model.name, model.layout,
                         f"params cut by the layout of {model.name} (named in meta)")
 
 
 def _load_flat(path: str, other: WeightSeries | None) -> WeightSeries:
-    flat = np.load(path, allow_pickle=False)
+    flat = read_npy(path)
     if flat.ndim != 1:
         raise ValueError(f"{path}: a .npy input must be a flat refsim parameter vector (P,), "
                          f"got shape {flat.shape}")
@@ -190,8 +231,8 @@ def _load_flat(path: str, other: WeightSeries | None) -> WeightSeries:
 
 # -- named arrays and the PyTorch layout --------------------------------------------------------
 
-def _named_snapshots(path: str, z) -> tuple[str, list[Snapshot]]:
-    arrays = {k: _checked_float(z[k], f"{path}: array {k!r}") for k in z.files}
+def _named_snapshots(path: str, z: dict[str, np.ndarray]) -> tuple[str, list[Snapshot]]:
+    arrays = {k: _checked_float(v, f"{path}: array {k!r}") for k, v in z.items()}
     per_round = {k: ROUND_KEY.fullmatch(k) for k in arrays}
     if not any(per_round.values()):
         return "named arrays", [Snapshot(None, arrays)]
@@ -279,8 +320,10 @@ def _is_refsim_file(path: str) -> bool:
     if os.path.isdir(path):
         return True
     if path.endswith(".npz") and os.path.isfile(path):
-        with np.load(path, allow_pickle=False) as z:
-            return {"params", "round", "meta"} <= set(z.files)
+        try:
+            return {"params", "round", "meta"} <= read_npz(path).keys()
+        except (DamagedFileError, OSError):  # load_weights reports it
+            return False
     return False
 
 
@@ -310,16 +353,15 @@ def load_weights(path: str | os.PathLike, layout: Layout = Layout.AUTO,
         return _load_flat(path, other)
     if not path.endswith(".npz"):
         raise ValueError(f"{path}: expected a trace directory, an .npz or an .npy file")
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-        if {"params", "round", "meta"} <= files:
-            return _load_checkpoint(path, z)
-        if {"clients", "weights"} <= files:
-            raise ValueError(f"{path}: one round file of a refsim trace; pass the trace "
-                             f"directory, which also holds the layout (init.json)")
-        if not files:
-            raise ValueError(f"{path}: the npz holds no arrays")
-        kind, snapshots = _named_snapshots(path, z)
+    z = read_npz(path)
+    if {"params", "round", "meta"} <= z.keys():
+        return _load_checkpoint(path)
+    if {"clients", "weights"} <= z.keys():
+        raise ValueError(f"{path}: one round file of a refsim trace; pass the trace "
+                         f"directory, which also holds the layout (init.json)")
+    if not z:
+        raise ValueError(f"{path}: the npz holds no arrays")
+    kind, snapshots = _named_snapshots(path, z)
     snapshots, model, mapping = resolve_layout(path, snapshots, layout,
                                                other.model if other is not None else None)
     return WeightSeries(path, kind, tuple(snapshots), model, None, mapping)
