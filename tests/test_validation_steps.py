@@ -356,3 +356,33 @@ def test_layer_labels_name_each_relu_and_pool():
     assert list(labels.values()) == ["conv1 relu", "conv1 pool", "conv2 relu", "conv2 pool",
                                      "fc1 relu"]
     assert all(isinstance(mlp_2nn().layers[i], ReLU) for i in layer_labels(mlp_2nn()))
+
+
+def test_a_unit_that_turns_active_in_a_window_of_zeros_is_found_and_explained():
+    """The tie flips PyTorch meets most at B = 50: a conv2 unit a hair below 0 in a pool window
+    of zeros. Where the other side computes it a hair above 0, the unit turns active *and*
+    wins its window, so its gradient appears where refsim routes none."""
+    model = cnn_mnist()
+    relu, pool = 4, 5  # conv2 relu, conv2 pool
+    w = model.init(np.random.default_rng(2), "torch", np.float32)
+    x, y = _batch(4, 2, np.float32)
+    step = traced_step(model, w.astype(np.float64), x.astype(np.float64), y, 0.1)
+    z, up = step.inputs[relu], step.upstream[pool]  # (4, 64, 14, 14), (4, 64, 7, 7)
+    taps = pool_windows(z, "valid")  # (4, 4, 64, 7, 7) pre-activations per window
+    dead = (taps.max(axis=0) < 0) & (up != 0)  # windows of zeros that carry gradient
+    n, c, i, j = np.argwhere(dead)[0]
+    k = int(np.argmax(taps[:, n, c, i, j]))
+    p, q = divmod(k, 2)
+    unit = np.ravel_multi_index((n, c, 2 * i + p, 2 * j + q), z.shape)
+    bias = model.views(w)["conv2.bias"]
+    bias[c] = np.float32(bias[c] - z.flat[unit])  # the window's largest z becomes ~0
+    z = traced_step(model, w.astype(np.float64), x.astype(np.float64), y, 0.1).inputs[relu]
+    if z.flat[unit] >= 0:
+        bias[c] = np.nextafter(bias[c], np.float32(-1))
+    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+    assert -1e-6 < traced_step(model, w64, x64, y, 0.1).inputs[relu].flat[unit] < 0
+    candidate = traced_step(model, w64, x64, y, 0.1, [Flip(relu, int(unit))])
+    assert candidate.decisions[pool][n, c, i, j] == k  # the unit now wins its window
+    check = check_step(model, w, candidate.params.astype(np.float32), x, y, 0.1)
+    assert check.status == "tie flip", check.note
+    assert check.note.startswith("tie flip at conv2 relu: 1 unit")

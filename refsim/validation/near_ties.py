@@ -11,7 +11,8 @@ values of a layer's input in float32 and float64 arithmetic:
 * the layer's rounding scale is ``sigma = max |z32 - z64|`` over the layer, and its near-tie
   threshold ``tau = c * sigma`` (c is the step tolerance factor of ``refsim.validation.steps``);
 * a ReLU unit is a *near-tie* when ``0 < |z64| <= tau`` and gradient reaches it (its upstream
-  gradient is not 0);
+  gradient is not 0), or would reach it if it turned active: it feeds a max-pool window that
+  carries gradient and whose maximum is at most ``|z64| + tau`` (a window of zeros, say);
 * a pool window is a near-tie when its margin ``m = top1 - top2`` (the largest minus the second
   largest of its four inputs, float64) satisfies ``0 < m <= tau`` and gradient reaches it; its
   flip routes the gradient to the second largest input;
@@ -95,12 +96,32 @@ def layer_labels(model: Model) -> dict[int, str]:
     return labels
 
 
-def _relu_ties(i, label, z32, z64, upstream, c):
+def _window_of_each_unit(a: np.ndarray, shape) -> np.ndarray:
+    """a (N, C, Ho, Wo), one value per 2x2 window, spread to the units (N, C, H, W) of each
+    window (0 for a unit of a row or column that 'valid' pooling drops)."""
+    out = np.zeros(shape, dtype=a.dtype)  # (N, C, H, W)
+    spread = a.repeat(2, axis=2).repeat(2, axis=3)  # (N, C, 2Ho, 2Wo)
+    h, w = min(shape[2], spread.shape[2]), min(shape[3], spread.shape[3])
+    out[:, :, :h, :w] = spread[:, :, :h, :w]
+    return out
+
+
+def _relu_ties(i, label, z32, z64, upstream, c, pool_after=None):
+    """pool_after: (float64 input of the max-pool that follows, its upstream gradient, its
+    padding), for
+    a ReLU that feeds one: a unit gradient does not reach yet counts when turning it active
+    (with value |z|) could make it its window's winner."""
     sigma = float(np.abs(z32.astype(np.float64) - z64).max())
     tau = c * sigma
     flows = upstream != 0
-    near = np.flatnonzero((np.abs(z64) <= tau) & (z64 != 0) & flows.reshape(z64.shape))
-    exact = np.flatnonzero((z64 == 0) & flows)
+    exact = np.flatnonzero((z64 == 0) & flows)  # [z >= 0] would pass their gradient
+    if pool_after is not None:
+        pool_in, pool_up, padding = pool_after
+        taps = pool_windows(pool_in, padding)  # (4, N, C, Ho, Wo)
+        window_max = _window_of_each_unit(taps.max(axis=0), z64.shape)
+        carries = _window_of_each_unit(pool_up, z64.shape) != 0
+        flows = flows | (carries & (window_max <= np.abs(z64) + tau))
+    near = np.flatnonzero((np.abs(z64) <= tau) & (z64 != 0) & flows)
     ties = [NearTie(Flip(i, int(u)), label, tuple(int(k) for k in np.unravel_index(u, z64.shape)),
                     float(abs(z64.flat[u])), tau) for u in near]
     groups = [Flip(i, int(u)) for u in exact]  # [z >= 0]: exact zeros become active
@@ -137,8 +158,11 @@ def find_near_ties(model: Model, step32: TracedStep, step64: TracedStep, c: floa
     ties, census, groups = [], [], {}
     for i, label in labels.items():
         if isinstance(model.layers[i], ReLU):
+            pool = (i + 1 < len(model.layers) and isinstance(model.layers[i + 1], MaxPool2D))
             found = _relu_ties(i, label, step32.inputs[i], step64.inputs[i],
-                               step64.upstream[i], c)
+                               step64.upstream[i], c,
+                               (step64.inputs[i + 1], step64.upstream[i + 1],
+                                model.layers[i + 1].padding) if pool else None)
         else:
             found = _pool_ties(i, label, step32.inputs[i], step64.inputs[i],
                                step64.upstream[i], model.layers[i].padding, c)

@@ -12,8 +12,10 @@ of 0, or a window whose two largest inputs are within rounding of each other, ca
 way in another implementation's arithmetic. A :class:`Flip` says how one such unit falls
 instead:
 
-* ReLU unit u of layer i: its mask is inverted (active <-> inactive); the forward value is
-  ``z`` where active and 0 where not, consistently with the mask.
+* ReLU unit u of layer i: its mask is inverted (active <-> inactive); its output is 0 when it
+  becomes inactive and |z| when it becomes active (the other implementation's z was on the
+  positive side), so that a max-pool after it decides on that value: a window of zeros whose
+  unit turns active by a hair routes its gradient to that unit, as the other side would.
 * max-pool window u of layer i: its gradient goes to tap ``tap`` (0..3, row-major (p, q) in
   the window) instead of the first maximum, and the window outputs that tap's value.
 
@@ -156,7 +158,11 @@ def traced_step(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray, 
             for f in by_layer.get(i, ()):
                 _check_unit(f, mask.size)
                 mask.flat[f.unit] = not mask.flat[f.unit]
-            h, cache, decided[i] = np.where(mask, h, h.dtype.type(0)), mask, mask
+            out = np.where(mask, h, h.dtype.type(0))  # same shape as h
+            for f in by_layer.get(i, ()):
+                if mask.flat[f.unit]:
+                    out.flat[f.unit] = abs(h.flat[f.unit])  # active: on the positive side
+            h, cache, decided[i] = out, mask, mask
         elif isinstance(layer, MaxPool2D):
             inputs[i] = h
             taps = pool_windows(h, layer.padding)  # (4, N, C, Ho, Wo)
