@@ -17,8 +17,8 @@ from refsim.data import load_mnist
 from refsim.fedavg import DType, FedAvgConfig, from_images, run_fedavg
 from refsim.nn import cnn_mnist, mlp_2nn
 from refsim.validation.compare import compare_paths
-from refsim.validation.step_inputs import load_client_round, load_steps
-from refsim.validation.steps import check_client_steps
+from refsim.validation.step_inputs import load_client_round
+from refsim.validation.steps import StepSeries, check_client_steps
 
 torch = pytest.importorskip("torch", reason="PyTorch is a test-only cross-check: "
                                             "pip install torch==2.13.0 (CPU) to run it")
@@ -28,9 +28,12 @@ from torch_steps import BUGS, record_steps  # noqa: E402
 pytestmark = pytest.mark.torch
 
 MNIST = load_mnist()
-# model -> (refsim model, PyTorch module, trace seed, local epochs): the seed's float32
-# trajectories part within E * 60 steps.
-CASES = {"cnn_mnist": (cnn_mnist, TorchCNNMnist, 0, 1), "mlp_2nn": (mlp_2nn, TorchMLP2NN, 0, 2)}
+# model -> (refsim model, PyTorch module, trace seed, local epochs, the client's 600 digits):
+# the seed's float32 trajectories part within the E * 60 steps (the CNN's at step 17, the
+# 2NN's, which part far later, at step 338 of 600).
+CASES = {"cnn_mnist": (cnn_mnist, TorchCNNMnist, 0, 1, np.arange(600)),
+         "mlp_2nn": (mlp_2nn, TorchMLP2NN, 3, 10,
+                     np.sort(np.random.default_rng([3, 7]).choice(60000, 600, replace=False)))}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
 
@@ -44,12 +47,12 @@ def _one_thread():
 
 def _trace(tmp_path_factory, name, dtype):
     """One round of one client of 600 digits, B = 10, lr 0.1, refsim's Keras init."""
-    factory, _, seed, epochs = CASES[name]
+    factory, _, seed, epochs, client = CASES[name]
     run = tmp_path_factory.mktemp(f"{name}-{np.dtype(dtype).name}") / "run"
-    data = from_images(MNIST, dtype, train_limit=600, test_limit=10)
+    data = from_images(MNIST, dtype, train_limit=int(client.max()) + 1, test_limit=10)
     cfg = FedAvgConfig(fraction=1.0, epochs=epochs, batch_size=10, lr=0.1, rounds=1, seed=seed,
                        dtype=DType(np.dtype(dtype).name))
-    run_fedavg(cfg, factory(), data, [np.arange(600)], run_dir=run, trace=True)
+    run_fedavg(cfg, factory(), data, [client], run_dir=run, trace=True)
     return run / "trace"
 
 
@@ -70,20 +73,19 @@ def _steps_file(tmp_path, trace, module, dtype, **kwargs):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_plain_pytorch_client_passes_every_step(case, tmp_path, dtype):
     name, traces = case
-    factory, module, _, _ = CASES[name]
+    factory, module = CASES[name][:2]
     trace = traces[dtype]
     client = load_client_round(trace, 1, 0)
-    path, saved = _steps_file(tmp_path, trace, module, dtype)
-    report = check_client_steps(load_steps(path, client.model), client, MNIST.x_train,
-                                MNIST.y_train)
+    weights = record_steps(trace, 1, 0, module(), MNIST.x_train, MNIST.y_train,
+                           TORCH_DTYPE[dtype], flat=True)  # in memory: 600 2NN steps are 0.5 GB
+    steps = StepSeries("pytorch", tuple(weights), tuple(weights.values()), client.model, "flat")
+    report = check_client_steps(steps, client, MNIST.x_train, MNIST.y_train)
     assert report.agree, report.first_divergence.note
     assert len(report.checks) == client.num_steps == 60 * CASES[name][3]
     # The whole trajectory: in float64 refsim compare agrees; in float32 it diverges, and says
     # that this is what a float32 divergence looks like.
-    last = client.num_steps
-    np.savez(tmp_path / "final.npz", **{k.split("/", 1)[1]: v for k, v in saved.items()
-                                        if k.startswith(f"step_{last}/")})
-    result = compare_paths(tmp_path / "final.npz", trace)
+    np.save(tmp_path / "final.npy", weights[client.num_steps])
+    result = compare_paths(tmp_path / "final.npy", trace)
     if dtype == np.float64:
         assert result.agree, result.first_divergence
     else:
@@ -96,7 +98,7 @@ def test_a_plain_pytorch_client_passes_every_step(case, tmp_path, dtype):
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_each_injected_bug_fails_at_the_first_step_where_it_acts(case, tmp_path, bug, capsys):
     name, traces = case
-    factory, module, _, _ = CASES[name]
+    factory, module = CASES[name][:2]
     if bug == "keras_flatten" and name != "cnn_mnist":
         pytest.skip("the 2NN flattens one channel: NHWC and NCHW orders coincide")
     trace = traces[np.float32]

@@ -39,14 +39,16 @@ def _forward(net, x, keras_flatten: bool):
 
 
 def record_steps(trace_dir, round_: int, client: int, net, images, labels, dtype=torch.float32,
-                 bug: str | None = None, bug_from: int = 0, steps: range | None = None):
+                 bug: str | None = None, bug_from: int = 0, steps: range | None = None,
+                 flat: bool = False):
     """Run client ``client``'s local steps of round ``round_`` in PyTorch; return
-    {step_<j>/<tensor>: array} for j in ``steps`` (default: all, w_0..w_S).
+    {step_<j>/<tensor>: array} for j in ``steps`` (default: all, w_0..w_S), or with ``flat``
+    {j: the flat refsim vector of w_j} (``from_torch_state_dict``).
 
     The network starts from the weights the trace's round began with: w_0 in round 1 (the
     trace's ``init.npz``), else the weights stored with the previous round.
     """
-    from refsim.nn import to_torch_state_dict
+    from refsim.nn import from_torch_state_dict, to_torch_state_dict
     from refsim.validation.weight_files import reference_model
     tdir = pathlib.Path(trace_dir)
     header = json.loads((tdir / "init.json").read_text())
@@ -66,7 +68,10 @@ def record_steps(trace_dir, round_: int, client: int, net, images, labels, dtype
     saved = {}
 
     def save(j):
-        if j in keep:
+        if j in keep and flat:
+            saved[j] = from_torch_state_dict(model, {k: v.detach().numpy()
+                                                     for k, v in net.state_dict().items()})
+        elif j in keep:
             saved.update({f"step_{j}/{k}": v.detach().numpy().copy()
                           for k, v in net.state_dict().items()})
 
