@@ -144,7 +144,9 @@ class Codec:
             sp.residual
 
     def _symbols(self, symbols: np.ndarray, bits: int) -> bytes:
-        return huffman.encode(symbols) if self.huffman else bitpack.pack(symbols, bits).tobytes()
+        if self.huffman:
+            return huffman.encode(symbols, version=1)
+        return bitpack.pack(symbols, bits).tobytes()
 
     @staticmethod
     def decode(data: bytes, *, max_elements: int = MAX_ELEMENTS) -> list:

@@ -114,7 +114,7 @@ def huffman_vectors() -> dict[str, np.ndarray]:
             f"{case}.code_symbols": present.astype(symbols.dtype),
             f"{case}.code_lengths": lengths[present],
             f"{case}.codewords": canonical_codes(lengths)[present],
-            f"{case}.encoded": np.frombuffer(huffman.encode(symbols), np.uint8),
+            f"{case}.encoded": np.frombuffer(huffman.encode(symbols, version=1), np.uint8),
         })
     return out
 
