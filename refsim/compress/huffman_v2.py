@@ -97,7 +97,7 @@ def header_size(data: bytes) -> int:
 # ---------------------------------------------------------------------------- the oracles
 
 
-def _varint_bytes(v: int) -> bytes:
+def varint_bytes(v: int) -> bytes:
     out = bytearray()
     while v >= 128:
         out.append((v & 127) | 128)
@@ -136,7 +136,7 @@ def _bits(data: bytes) -> str:
 def encode_naive(a: np.ndarray) -> bytes:
     """Oracle of :func:`encode`: codewords as strings of '0'/'1', packed LSB first."""
     if a.size == 0:
-        return bytes([VERSION, a.itemsize]) + _varint_bytes(0)
+        return bytes([VERSION, a.itemsize]) + varint_bytes(0)
     counts = np.bincount(a, minlength=1 << (8 * a.itemsize))
     size = int(np.flatnonzero(counts)[-1]) + 1
     return stream_naive(optimal_lengths_naive(counts[:size], MAX_CODE_LENGTH), a)
@@ -147,15 +147,15 @@ def stream_naive(lengths: np.ndarray, a: np.ndarray) -> bytes:
     (A,) (any complete code that covers every symbol of a; lengths[A-1] > 0): how
     :func:`encode_naive` writes, and how a test writes a stream with a code of its choice."""
     n, width = a.size, a.itemsize
-    head = bytes([VERSION, width]) + _varint_bytes(n)
+    head = bytes([VERSION, width]) + varint_bytes(n)
     size = lengths.size
     codes = canonical_codes_naive(lengths)
     words = {int(s): format(int(codes[s]), f"0{int(lengths[s])}b") for s in np.flatnonzero(lengths)}
     seg = _segment(n)
     streams = [_pack("".join(words[int(s)] for s in a[r * seg:(r + 1) * seg]))
                for r in range(STREAMS)]
-    return (head + _varint_bytes(size) + _pack(table_bits_naive(lengths))
-            + b"".join(_varint_bytes(len(b)) for b in streams[:3]) + b"".join(streams))
+    return (head + varint_bytes(size) + _pack(table_bits_naive(lengths))
+            + b"".join(varint_bytes(len(b)) for b in streams[:3]) + b"".join(streams))
 
 
 def decode_naive(data: bytes) -> np.ndarray:
