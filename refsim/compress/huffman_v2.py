@@ -30,7 +30,8 @@ import numpy as np
 
 from refsim.compress.huffman_code import (MAX_CODE_LENGTH, canonical_codes_naive,
                                           optimal_lengths_naive)
-from refsim.compress.huffman_table import (TABLE_ERRORS, read_table_naive, table_bits_naive)
+from refsim.compress.huffman_table import (TABLE_ERRORS, read_table, read_table_naive,
+                                           table_bits_naive)
 from refsim.compress.huffman_v2_bits import STREAMS, VERSION
 from refsim.compress.huffman_v2_decode import DECODE_ERRORS, decode_kernel
 from refsim.compress.huffman_v2_encode import PAIR_MIN, encode_kernel
@@ -87,8 +88,8 @@ def header_size(data: bytes) -> int:
     if n == 0:
         return pos
     a, pos = _varint(buf, pos)
-    _lengths, used = read_table_naive(_bits(buf[pos:]), a)
-    pos += used // 8
+    arr = np.frombuffer(buf, np.uint8)
+    pos = read_table(arr, 8 * pos, 8 * arr.size, np.zeros(a, np.int64)) // 8
     for _ in range(STREAMS - 1):
         _, pos = _varint(buf, pos)
     return pos
