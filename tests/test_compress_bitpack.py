@@ -1,7 +1,10 @@
-"""Bit packing: the 64-bit-accumulator kernels equal the NumPy bit-matrix oracles."""
+"""Bit packing: the 64-bit-accumulator kernels equal the NumPy bit-matrix oracles; damaged
+packed data is named."""
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from refsim.compress.bitpack import (
     from_blocks,
@@ -61,3 +64,27 @@ def test_blocks_bad_input():
         to_blocks(np.zeros(3, np.uint8), 4, 5)
     with pytest.raises(ValueError, match="blocks"):
         from_blocks(np.zeros(3, np.uint8), 20, 2, 4)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 16), st.integers(0, 300), st.integers(0, 2**16), st.data())
+def test_damaged_packed_data(bits, n, seed, draw):
+    """Truncated, padded, empty or random bytes: ValueError naming the size; flipped bits
+    still unpack (every bit pattern is a level) to exactly n levels below 2**bits."""
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(0, 2**bits, n).astype(np.uint8 if bits <= 8 else np.uint16)
+    data = bytearray(pack(levels, bits).tobytes())
+    size = len(data)
+    for bad in (data[:draw.draw(st.integers(0, max(0, size - 1)))] if size else b"\x00",
+                data + b"\x00", bytes(draw.draw(st.binary(max_size=40)))):
+        if len(bad) == size:
+            continue
+        for fn in (unpack, unpack_naive):
+            with pytest.raises(ValueError, match="expected ceil"):
+                fn(bytes(bad), n, bits)
+    if size:
+        bit = draw.draw(st.integers(0, 8 * size - 1))
+        data[bit // 8] ^= 1 << (bit % 8)
+        out = unpack(bytes(data), n, bits)
+        np.testing.assert_array_equal(out, unpack_naive(bytes(data), n, bits))
+        assert out.size == n and (n == 0 or int(out.max()) < 2**bits)

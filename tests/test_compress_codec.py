@@ -1,4 +1,6 @@
-"""The update codec: round trips equal the oracle pipeline, exact bit accounting, hostile bytes."""
+"""The update codec, versions 1 and 2: round trips equal the oracle pipeline, exact bit
+accounting, entropy-coded top-k with error feedback, and hostile bytes (random, truncated,
+flipped, empty, trailing), property-based."""
 
 import numba
 import numpy as np
@@ -29,7 +31,14 @@ CODECS = [Codec(), Codec(QuantizerConfig(8)), Codec(QuantizerConfig(3, stochasti
           Codec(QuantizerConfig(12), huffman=True), Codec(QSGDConfig(5), huffman=True),
           Codec(QSGDConfig(300)), Codec(TopKConfig(6)), Codec(QuantizerConfig(2), threshold=50),
           Codec(QuantizerConfig(2), huffman=True, block=4),
-          Codec(QuantizerConfig(3, stochastic=False), huffman=True, block=5)]
+          Codec(QuantizerConfig(3, stochastic=False), huffman=True, block=5),
+          Codec(QuantizerConfig(12), huffman=True, version=1),
+          Codec(QSGDConfig(5), huffman=True, version=1),
+          Codec(QuantizerConfig(2), huffman=True, block=4, version=1),
+          Codec(TopKConfig(6), version=1), Codec(TopKConfig(fraction=0.1), huffman=True),
+          Codec(TopKConfig(fraction=0.05, bits=8), huffman=True),
+          Codec(TopKConfig(k=9, bits=3, stochastic=False), huffman=True),
+          Codec(TopKConfig(k=200, bits=12), huffman=True)]
 
 
 def _oracle(codec, x, key):
@@ -41,9 +50,14 @@ def _oracle(codec, x, key):
         return dequantize_naive(quantize_naive(x, m.bits, stochastic=m.stochastic, seed=key))
     if isinstance(m, QSGDConfig):
         return qsgd_dequantize(qsgd_naive(x, m.levels, seed=key))
-    sp = topk_naive(x, m.k)
+    sp = topk_naive(x, m.k_for(x.size))
+    values = sp.values
+    if codec.huffman and m.bits and values.size:  # quantized magnitudes, signs kept
+        mag = dequantize_naive(quantize_naive(np.abs(values), m.bits, stochastic=m.stochastic,
+                                              seed=key))
+        values = np.where(values < 0, -mag, mag).astype(x.dtype)
     out = np.zeros(x.size, x.dtype)
-    out[sp.indices] = sp.values
+    out[sp.indices] = values
     return out.reshape(x.shape)
 
 
@@ -66,9 +80,11 @@ def test_payload_bytes_are_the_oracle_bytes():
     key = tensor_key(9, 0)
     q = quantize_naive(x, 4, seed=key)
     packed = Codec(QuantizerConfig(4)).encode([x], seed=9)
-    huff = Codec(QuantizerConfig(4), huffman=True).encode([x], seed=9)
     assert packed.endswith(pack_naive(q.levels, 4).tobytes())
-    assert huff.endswith(encode_naive(q.levels))
+    for version in (1, 2):
+        huff = Codec(QuantizerConfig(4), huffman=True, version=version).encode([x], seed=9)
+        assert huff[:4] == b"RSC" + bytes([version])
+        assert huff.endswith(encode_naive(q.levels, version=version))
 
 
 def test_bit_accounting_and_entropy():
@@ -125,8 +141,18 @@ def test_topk_error_feedback_through_codec():
 
 
 def test_bad_configs_and_tensors():
-    with pytest.raises(ValueError, match="huffman"):
-        Codec(TopKConfig(3), huffman=True)
+    with pytest.raises(ValueError, match="version 2"):
+        Codec(TopKConfig(3), huffman=True, version=1)
+    with pytest.raises(ValueError, match="huffman=True"):
+        Codec(TopKConfig(3, bits=4))
+    with pytest.raises(ValueError, match="raw floats"):
+        Codec(None, huffman=True)
+    with pytest.raises(ValueError, match="version must be"):
+        Codec(version=3)
+    with pytest.raises(ValueError, match="exactly one"):
+        TopKConfig(k=3, fraction=0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        TopKConfig(fraction=1.5)
     with pytest.raises(TypeError, match="method"):
         Codec("quantize")
     with pytest.raises(ValueError, match="block"):
@@ -173,6 +199,15 @@ def _decode_or_valueerror(data):
 def test_fuzz_random_bytes(data):
     _decode_or_valueerror(data)
     _decode_or_valueerror(b"RSC\x01" + data)
+    _decode_or_valueerror(b"RSC\x02" + data)
+    _decode_or_valueerror(b"RSC\x02\x01\x00\x00\x00\x04\x01\x00\x01" + data)  # a top-k record
+
+
+def test_empty_and_trailing_bytes_are_named():
+    for bad, what in [(b"", "bad magic"), (b"RSC", "truncated"), (_valid(14) + b"\x00",
+                                                                 "trailing")]:
+        with pytest.raises(ValueError, match=what):
+            decode(bad)
 
 
 @FUZZ
@@ -182,8 +217,47 @@ def test_fuzz_truncation_and_bit_flips(seed, draw):
     cut = draw.draw(st.integers(0, len(data) - 1))
     with pytest.raises(ValueError):
         decode(data[:cut])
+    with pytest.raises(ValueError):
+        decode(data + draw.draw(st.binary(min_size=1, max_size=3)))
     buf = bytearray(data)
     for _ in range(draw.draw(st.integers(1, 3))):
         bit = draw.draw(st.integers(0, 8 * len(buf) - 1))
         buf[bit // 8] ^= 1 << (bit % 8)
     _decode_or_valueerror(bytes(buf))
+
+
+def test_versions_do_not_mix():
+    x = [np.random.default_rng(7).normal(0, 1, 50).astype(np.float32)]
+    v1 = bytearray(Codec(QuantizerConfig(4), huffman=True, version=1).encode(x))
+    v2 = bytearray(Codec(QuantizerConfig(4), huffman=True).encode(x))
+    np.testing.assert_array_equal(decode(bytes(v1))[0], decode(bytes(v2))[0])
+    v1[3], v2[3] = 2, 1  # the stream's version no longer matches its Huffman payload
+    for bad in (v1, v2):
+        with pytest.raises(ValueError, match="Huffman stream"):
+            decode(bytes(bad))
+    topk = bytearray(Codec(TopKConfig(5), huffman=True).encode(x))
+    topk[3] = 1  # method 4 exists in version 2 only
+    with pytest.raises(ValueError, match="unknown method 4"):
+        decode(bytes(topk))
+
+
+def test_entropy_coded_topk_error_feedback_and_bits():
+    """What is sent plus the new residual is the input plus the old residual (the values'
+    quantization error is fed back too); the report splits the bits."""
+    rng = np.random.default_rng(8)
+    codec = Codec(TopKConfig(fraction=0.01, bits=6), huffman=True)
+    x = [rng.normal(0, 0.01, (120, 90)).astype(np.float32)]
+    res = None
+    for t in range(3):
+        data, new = codec.encode_with_residual(x, res, seed=t)
+        sent = codec.decode(data)[0]
+        np.testing.assert_allclose(sent + new[0], x[0] + (0 if res is None else res[0]),
+                                   rtol=1e-6, atol=1e-9)
+        res = new
+    rep = report(data).tensors[0]
+    assert rep.method == "topk_coded" and rep.nonzeros == 108 and rep.num_symbols == 108
+    assert rep.index_bits + 8 * 4 < rep.payload_bits  # the rest are the values
+    assert rep.index_entropy_bits == pytest.approx(np.log2(float(
+        __import__("math").comb(10800, 108))))
+    assert report(data).entropy_bound_bits == pytest.approx(
+        rep.index_entropy_bits + rep.num_symbols * rep.entropy_bits_per_symbol)

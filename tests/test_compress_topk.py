@@ -37,3 +37,11 @@ def test_topk_bad_input():
         topk(np.array([np.nan, 1.0]), 1)
     with pytest.raises(ValueError, match="k"):
         TopKConfig(0)
+
+
+def test_k_of_a_fraction():
+    assert [TopKConfig(fraction=0.01).k_for(n) for n in (0, 1, 49, 150, 250, 10_000)] == \
+        [0, 1, 1, 2, 3, 100]  # floor(f n + 0.5), at least 1; 2.5 -> 3
+    assert TopKConfig(k=7).k_for(5) == 5 and TopKConfig(7).k == 7
+    with pytest.raises(ValueError, match="bits"):
+        TopKConfig(3, bits=16)

@@ -467,6 +467,88 @@ def test_huffman_bytes_decode_to_the_input(vectors):
     assert v["sparse16.encoded"][10] == 0 and v["skewed8.encoded"][10] == 1  # sparse, dense
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    v, shift = 0, 0
+    while True:
+        v, shift, pos = v | ((data[pos] & 127) << shift), shift + 7, pos + 1
+        if data[pos - 1] < 128:
+            return v, pos
+
+
+def huffman_v2_decode(data: bytes) -> list[int]:
+    """A decoder written from docs/formats.md section 2 (no refsim code)."""
+    assert data[0] == 2 and data[1] in (1, 2)
+    n, pos = _varint(data, 2)
+    if n == 0:
+        assert pos == len(data)
+        return []
+    size, pos = _varint(data, pos)
+    bits = "".join(f"{b:08b}"[::-1] for b in data[pos:])  # LSB first
+    at = [0]
+
+    def take(k):  # a k-bit field, MSB first
+        at[0] += k
+        return int(bits[at[0] - k:at[0]] or "0", 2)
+
+    def canonical(lengths):  # {(length, codeword): symbol}, RFC 1951 order
+        codes, code, prev = {}, 0, 0
+        for s_, ln in sorted(((s_, ln) for s_, ln in enumerate(lengths) if ln),
+                             key=lambda item: (item[1], item[0])):
+            code <<= ln - prev
+            codes[(ln, code)], code, prev = s_, code + 1, ln
+        return codes
+
+    def symbol(codes):
+        code, ln = 0, 0
+        while (ln, code) not in codes:
+            code, ln = 2 * code + take(1), ln + 1
+        return codes[(ln, code)]
+
+    order = [25, 24, 0] + [d for k in range(1, 12) for d in (k, 24 - k)] + [12]
+    kk = take(5) + 1
+    token_lengths = [0] * 26
+    for t in order[:kk]:
+        token_lengths[t] = take(3)
+    tokens = canonical(token_lengths)
+    lengths, p = [], 1
+    while len(lengths) < size:
+        t = symbol(tokens)
+        if t == 25:  # REPEAT, Elias gamma
+            zeros = 0
+            while take(1) == 0:
+                zeros += 1
+            lengths += [lengths[-1]] * ((1 << zeros) | take(zeros))
+        elif t == 24:
+            lengths.append(0)
+        else:
+            p = (p - 1 + t) % 24 + 1
+            lengths.append(p)
+    assert len(lengths) == size and lengths[-1] > 0
+    pos += (at[0] + 7) // 8
+    sizes = []
+    for _ in range(3):
+        v, pos = _varint(data, pos)
+        sizes.append(v)
+    sizes.append(len(data) - pos - sum(sizes))
+    codes, seg, out = canonical(lengths), 2 * ((n + 7) // 8), []
+    for r in range(4):
+        bits, at[0] = "".join(f"{b:08b}"[::-1] for b in data[pos:pos + sizes[r]]), 0
+        pos += sizes[r]
+        out += [symbol(codes) for _ in range(r * seg, min(n, (r + 1) * seg))]
+        assert len(bits) - at[0] < 8 and set(bits[at[0]:]) <= {"0"}, "exact stream"
+    return out
+
+
+def test_huffman_v2_bytes_decode_to_the_input(vectors):
+    v = vectors["huffman.npz"]
+    doc = "02 01 05 04 44 82 c4 13 01 01 01 00 06 01"  # formats.md section 2
+    assert v["v2.doc.encoded"].tobytes() == bytes.fromhex(doc.replace(" ", ""))
+    for case in ("doc", "skewed8", "sparse16", "single", "empty", "fib"):
+        data = v[f"v2.{case}.encoded"].tobytes()
+        assert huffman_v2_decode(data) == v[f"{case}.symbols"].tolist(), case
+        assert len(data) < len(v[f"{case}.encoded"]) or case == "single", case
+
+
 def test_codec_bytes_decode_to_the_stored_tensors(vectors):
     v = vectors["codec.npz"]
     methods = {"identity": 0, "quant8": 1, "quant3_nearest": 1, "quant4_huffman": 1,
@@ -483,6 +565,21 @@ def test_codec_bytes_decode_to_the_stored_tensors(vectors):
         assert np.count_nonzero(v[f"topk3.decoded.{j}"]) == 3
     np.testing.assert_array_equal(v["quant8_threshold5.decoded.1"],  # 4 elements: sent raw
                                   v["update.1"].astype(np.float32))
+    for case, method in methods.items():  # version 2: the same tensors
+        data = v[f"v2.{case}.encoded"].tobytes()
+        assert data[:8] == b"RSC\x02" + (3).to_bytes(4, "little") and data[8] == method, case
+        for j, t in enumerate(Codec.decode(data)):
+            np.testing.assert_array_equal(t, v[f"{case}.decoded.{j}"], err_msg=f"v2.{case}")
+    for case, k in (("topk4_coded", (4, 4, 4)), ("topk_half_bits3", (6, 2, 6))):
+        data = v[f"v2.{case}.encoded"].tobytes()
+        assert data[8] == 4, case  # method 4
+        for j, t in enumerate(Codec.decode(data)):
+            np.testing.assert_array_equal(t, v[f"v2.{case}.decoded.{j}"], err_msg=case)
+            assert np.count_nonzero(t) == k[j], (case, j)
+    for j in range(3):  # float values: exactly the largest entries of the update
+        x = v[f"update.{j}"].astype(np.float32).ravel()
+        top = np.sort(np.argsort(-np.abs(x), kind="stable")[:4])
+        np.testing.assert_array_equal(v[f"v2.topk4_coded.decoded.{j}"].ravel()[top], x[top])
 
 
 def _mlp_grad(w, x, y):

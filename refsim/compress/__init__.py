@@ -1,9 +1,11 @@
 """refsim.compress: update compression with bit-exact oracles and exact bit accounting.
 
 Reading order: ``rng.py`` (the counter-based uniforms), ``quantize.py`` (uniform b-bit),
-``qsgd.py``, ``topk.py``, ``bitpack.py``, ``huffman_code.py`` then ``huffman.py``, ``codec.py``,
-``tff_bits.py``. The math and how other frameworks count bits: ``docs/compression.md``; byte
-formats: ``docs/formats.md``.
+``qsgd.py``, ``topk.py``, ``bitpack.py``, ``huffman_code.py`` then ``huffman.py`` (the two stream
+versions: ``huffman_v1.py``, ``huffman_v2.py`` with ``huffman_table.py``; their kernels in
+``huffman_kernels.py``, ``huffman_build.py``, ``huffman_v2_*.py``), ``topk_code.py``,
+``codec.py``, ``tff_bits.py``. The math and how other frameworks count bits:
+``docs/compression.md``; byte formats: ``docs/formats.md``.
 
 Note: ``refsim.compress.quantize`` is the function (the public API); the module of the same name
 is ``importlib.import_module("refsim.compress.quantize")`` or ``from refsim.compress.quantize

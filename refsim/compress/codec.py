@@ -5,13 +5,15 @@ et al., arXiv:1610.05492, Sec. 3; Han et al., Deep Compression, arXiv:1510.00149
 Alistarh et al., QSGD, arXiv:1610.02132): each tensor with more than ``threshold`` elements is
 compressed by ``method`` (uniform quantization, QSGD or top-k; smaller tensors, and every tensor
 when ``method`` is None, are sent as raw floats, as TFF's ``compression_aggregator`` does), and
-the integer symbols of quantize/QSGD are then either bit-packed or Huffman coded.
+the integer symbols of quantize/QSGD are then either bit-packed or Huffman coded; top-k with
+``huffman=True`` codes its indices as gaps and its (optionally quantized) values with Huffman
+codes (``topk_code.py``).
 
 The exact uplink cost of an update is ``8 * len(codec.encode(tensors))`` bits; :func:`report`
 breaks it down per tensor and gives the Shannon entropy of each symbol stream. Tensor j of an
 update encoded with ``seed`` draws its stochastic rounding from ``rng.tensor_key(seed, j)``.
-The byte layout (version 1) is in ``docs/formats.md``; parsing and its checks are in
-``codec_format.py``.
+The byte layout (version 2 by default; ``Codec(version=1)`` writes version 1 for a reader that
+knows only it) is in ``docs/formats.md``; parsing and its checks are in ``codec_format.py``.
 
 Tensors may be NumPy or CuPy arrays. A CuPy tensor that is quantized is quantized on its
 device (``quantize_cuda``, the same levels bit for bit) and only its levels are copied to the
@@ -28,10 +30,12 @@ from typing import NamedTuple
 import numpy as np
 
 from refsim.backend import is_cupy_array, to_numpy
-from refsim.compress import bitpack, huffman
+from refsim.compress import bitpack, huffman, topk_code
 from refsim.compress.codec_format import (
     DTYPES,
     MAX_ELEMENTS,
+    VERSION,
+    VERSIONS,
     Method,
     TensorRecord,
     parse,
@@ -52,11 +56,15 @@ class Codec:
     """How a client encodes its update (a list of float32/float64 arrays).
 
     method : QuantizerConfig | QSGDConfig | TopKConfig | None (None: raw floats).
-    huffman : Huffman-code the symbols of quantize / QSGD instead of bit-packing them.
+    huffman : Huffman-code the symbols of quantize / QSGD instead of bit-packing them; for
+        top-k, code the indices as gaps and the values (quantized with ``TopKConfig.bits``)
+        with Huffman codes (method 4, version 2 only).
     threshold : only tensors with more than ``threshold`` elements are compressed (TFF: 20000).
     block : Huffman-code blocks of ``block`` consecutive quantized levels as one symbol of
         block * bits bits (<= 16), so that the cost per level can fall below 1 bit
         (``bitpack.to_blocks``; docs/compression.md, "Small alphabets").
+    version : the byte format written, 2 (default) or 1 (Huffman version-1 payloads, no
+        entropy-coded top-k); decode reads both.
 
     >>> codec = Codec(QuantizerConfig(bits=2, stochastic=False))
     >>> data = codec.encode([np.array([0.0, 1.0, 2.0, 3.0], np.float32)])
@@ -68,6 +76,7 @@ class Codec:
     huffman: bool = False
     threshold: int = 0
     block: int = 1
+    version: int = VERSION
 
     def __post_init__(self):
         if self.method is not None and not isinstance(
@@ -76,8 +85,14 @@ class Codec:
                             f"got {type(self.method).__name__}")
         if not isinstance(self.huffman, bool):
             raise TypeError("huffman must be a bool")
-        if self.huffman and not isinstance(self.method, (QuantizerConfig, QSGDConfig)):
-            raise ValueError("huffman applies to the symbols of quantize or QSGD only")
+        if self.version not in VERSIONS:
+            raise ValueError(f"codec: version must be 1 or 2, got {self.version!r}")
+        if self.huffman and self.method is None:
+            raise ValueError("huffman applies to quantize, QSGD or top-k, not to raw floats")
+        if isinstance(self.method, TopKConfig) and self.huffman and self.version == 1:
+            raise ValueError("entropy-coded top-k needs codec version 2")
+        if isinstance(self.method, TopKConfig) and self.method.bits and not self.huffman:
+            raise ValueError("quantized top-k values (TopKConfig.bits) need huffman=True")
         if operator.index(self.threshold) < 0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if operator.index(self.block) != 1 and not (
@@ -101,7 +116,7 @@ class Codec:
         if residuals is not None and len(residuals) != len(tensors):
             raise ValueError(f"{len(residuals)} residuals for {len(tensors)} tensors")
         key = check_key(seed)
-        out = [write_start(len(tensors))]
+        out = [write_start(len(tensors), self.version)]
         new_res = []
         for j, x in enumerate(tensors):
             if not (is_cupy_array(x) and isinstance(self.method, QuantizerConfig)
@@ -137,14 +152,27 @@ class Codec:
             payload = self._symbols(q.symbols, qsgd_bits(m.levels))
             return TensorRecord(Method.QSGD, self.huffman, x.dtype, x.shape, (m.levels, q.norm),
                                 payload), zero
-        sp = topk(x, m.k, residual)
-        payload = sp.indices.astype("<u4").tobytes() + sp.values.astype(
-            x.dtype.newbyteorder("<")).tobytes()
-        return TensorRecord(Method.TOPK, False, x.dtype, x.shape, (sp.indices.size,), payload), \
-            sp.residual
+        sp = topk(x, m.k_for(x.size), residual)
+        if not self.huffman:
+            payload = sp.indices.astype("<u4").tobytes() + sp.values.astype(
+                x.dtype.newbyteorder("<")).tobytes()
+            return TensorRecord(Method.TOPK, False, x.dtype, x.shape, (sp.indices.size,),
+                                payload, version=self.version), sp.residual
+        bits = m.bits or 0
+        payload, lo, hi, sent = b"", 0.0, 0.0, sp.values
+        if sp.indices.size:
+            values, lo, hi, sent = topk_code.encode_values(sp.values, bits, m.stochastic, key)
+            payload = topk_code.encode_indices(sp.indices) + values
+        res = sp.residual.reshape(-1).copy()  # (n,) error feedback: what was not sent,
+        res[sp.indices] = sp.values - sent  # including the quantization error of the values
+        params = (sp.indices.size, bits, m.stochastic and bits > 0, lo, hi)
+        return TensorRecord(Method.TOPK_CODED, True, x.dtype, x.shape, params, payload,
+                            version=self.version), res.reshape(x.shape)
 
     def _symbols(self, symbols: np.ndarray, bits: int) -> bytes:
-        return huffman.encode(symbols) if self.huffman else bitpack.pack(symbols, bits).tobytes()
+        if self.huffman:
+            return huffman.encode(symbols, version=self.version)
+        return bitpack.pack(symbols, bits).tobytes()
 
     @staticmethod
     def decode(data: bytes, *, max_elements: int = MAX_ELEMENTS) -> list:
@@ -163,6 +191,9 @@ def _symbols_of(rec: TensorRecord) -> np.ndarray:
         bits, top = qsgd_bits(rec.params[0]), 2 * rec.params[0]
     want = np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
     if rec.huffman:
+        if rec.payload[:1] != bytes([rec.version]):
+            raise ValueError(f"codec: a version-{rec.version} record must hold a version-"
+                             f"{rec.version} Huffman stream")
         sym = huffman.decode(rec.payload)
         if sym.size != n or sym.dtype != want:
             raise ValueError(f"codec: Huffman stream holds {sym.size} {sym.dtype} symbols, "
@@ -190,6 +221,8 @@ def _decode_record(rec: TensorRecord) -> np.ndarray:
         s, norm = rec.params
         symbols = _symbols_of(rec).reshape(rec.shape)
         return qsgd_dequantize(QSGDQuantized(symbols, norm, s, rec.dtype))
+    if rec.method == Method.TOPK_CODED:
+        return _decode_topk_coded(rec)
     (k,) = rec.params
     idx = np.frombuffer(rec.payload, dtype="<u4", count=k).astype(np.int64)  # (k,)
     n = int(np.prod(rec.shape, dtype=np.int64)) if rec.shape else 1
@@ -199,6 +232,16 @@ def _decode_record(rec: TensorRecord) -> np.ndarray:
                          offset=4 * k).astype(rec.dtype)  # (k,)
     if not np.isfinite(vals).all():
         raise ValueError("codec: top-k values contain NaN or Inf")
+    return topk_densify(TopKSparse(idx, vals, rec.shape, None))
+
+
+def _decode_topk_coded(rec: TensorRecord) -> np.ndarray:
+    k, bits, _stochastic, lo, hi = rec.params
+    n = int(np.prod(rec.shape, dtype=np.int64)) if rec.shape else 1
+    idx, vals = np.zeros(0, np.int64), np.zeros(0, rec.dtype)
+    if k:
+        idx, used = topk_code.decode_indices(rec.payload, k, n)
+        vals = topk_code.decode_values(rec.payload[used:], k, rec.dtype, bits, lo, hi)
     return topk_densify(TopKSparse(idx, vals, rec.shape, None))
 
 
@@ -213,12 +256,16 @@ def decode(data: bytes, *, max_elements: int = MAX_ELEMENTS) -> list:
 
 class TensorReport(NamedTuple):
     shape: tuple
-    method: str  # "identity" | "quantize" | "qsgd" | "topk"
+    method: str  # "identity" | "quantize" | "qsgd" | "topk" | "topk_coded"
     huffman: bool
     record_bits: int  # 8 * bytes of this tensor's record (header + payload)
     payload_bits: int  # 8 * bytes of its payload
-    num_symbols: int  # coded quantize/QSGD symbols (blocks if block > 1; 0 otherwise)
+    num_symbols: int  # coded symbols: quantize/QSGD (blocks if block > 1), quantized top-k
+    # values (0 otherwise)
     entropy_bits_per_symbol: float  # Shannon entropy of those symbols (0.0 otherwise)
+    nonzeros: int = 0  # top-k: the k entries sent
+    index_bits: int = 0  # entropy-coded top-k: bits of the index part of the payload
+    index_entropy_bits: float = 0.0  # entropy-coded top-k: log2 C(n, k)
 
 
 class CodecReport(NamedTuple):
@@ -227,18 +274,31 @@ class CodecReport(NamedTuple):
 
     @property
     def entropy_bound_bits(self) -> float:
-        """sum over tensors of n * H: what an ideal entropy coder would spend on the symbols."""
-        return float(sum(t.num_symbols * t.entropy_bits_per_symbol for t in self.tensors))
+        """sum over tensors of n * H of the coded symbols, plus log2 C(n, k) for the indices of
+        entropy-coded top-k: what an ideal entropy coder would spend on them."""
+        return float(sum(t.num_symbols * t.entropy_bits_per_symbol + t.index_entropy_bits
+                         for t in self.tensors))
 
 
 def report(data: bytes, *, max_elements: int = MAX_ELEMENTS) -> CodecReport:
     """Bit accounting of an encoded update, with the entropy of each symbol stream."""
     tensors = []
     for rec in parse(data, max_elements):
-        n_sym, h = 0, 0.0
+        n_sym, h, nnz, ibits, ient = 0, 0.0, 0, 0, 0.0
         if rec.method in (Method.QUANTIZE, Method.QSGD):
             sym = _symbols_of(rec)
             n_sym, h = sym.size, huffman.entropy_bits(huffman.histogram(sym))
+        elif rec.method in (Method.TOPK, Method.TOPK_CODED):
+            nnz = rec.params[0]
+            n = int(np.prod(rec.shape, dtype=np.int64)) if rec.shape else 1
+        if rec.method == Method.TOPK_CODED and nnz:
+            _decode_topk_coded(rec)  # validates the payload
+            _idx, used = topk_code.decode_indices(rec.payload, nnz, n)
+            ibits, ient = 8 * used, topk_code.index_entropy_bits(n, nnz)
+            if rec.params[1]:
+                sym = huffman.decode(rec.payload[used:])
+                n_sym, h = sym.size, huffman.entropy_bits(huffman.histogram(sym))
         tensors.append(TensorReport(rec.shape, rec.method.name.lower(), rec.huffman,
-                                    8 * rec.record_bytes, 8 * len(rec.payload), n_sym, h))
+                                    8 * rec.record_bytes, 8 * len(rec.payload), n_sym, h, nnz,
+                                    ibits, ient))
     return CodecReport(8 * len(data), tensors)

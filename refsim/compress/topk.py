@@ -11,7 +11,9 @@ EMNLP 2017, arXiv:1704.05021, and the error feedback of Seide et al., Interspeec
 
 Biased (E[sent] != a) but contractive: ||a - sent||^2 <= (1 - k/n) ||a||^2. Bits per coordinate
 in refsim's byte format: k * (32 + 8 * itemsize) / n (uint32 index + the value), plus the
-header. Without a residual (zeros) this is plain top-k.
+header; entropy-coded (``topk_code.py``, ``Codec(TopKConfig(...), huffman=True)``): the
+gap-coded indices and, with ``bits``, quantized values. Without a residual (zeros) this is
+plain top-k.
 
 ``topk_naive`` (a full stable sort) is the oracle of ``topk`` (``np.partition`` for the
 threshold, then an exact tie break).
@@ -25,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refsim.compress._checks import check_int
 from refsim.compress.quantize import check_float_array
 
 __all__ = ["TopKConfig", "TopKSparse", "topk", "topk_naive", "topk_densify"]
@@ -32,13 +35,39 @@ __all__ = ["TopKConfig", "TopKSparse", "topk", "topk_naive", "topk_densify"]
 
 @dataclass(frozen=True)
 class TopKConfig:
-    """Keep the ``k`` largest-magnitude entries of each tensor (at most the tensor size)."""
+    """Keep the largest-magnitude entries of each tensor: ``k`` of them (at most the tensor
+    size), or the ``fraction`` f of its n entries, k = max(1, floor(f * n + 0.5)) in float64
+    (at most n; 0 for an empty tensor). Exactly one of the two.
 
-    k: int
+    bits : with ``Codec(..., huffman=True)``, the sent values' magnitudes are quantized to
+        ``bits`` bits (1..15; stochastic or round-half-even, ``quantize.py``) and Huffman-coded
+        with their signs (``topk_code.py``); None sends them as floats.
+    """
+
+    k: int | None = None
+    fraction: float | None = None
+    bits: int | None = None
+    stochastic: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+        if (self.k is None) == (self.fraction is None):
+            raise ValueError("top-k: give exactly one of k and fraction")
+        if self.k is not None and (not isinstance(self.k, int) or isinstance(self.k, bool)
+                                   or self.k < 1):
             raise ValueError(f"top-k: k must be a positive int, got {self.k!r}")
+        if self.fraction is not None and not (isinstance(self.fraction, float)
+                                              and 0.0 < self.fraction <= 1.0):
+            raise ValueError(f"top-k: fraction must be a float in (0, 1], got {self.fraction!r}")
+        if self.bits is not None:
+            check_int("bits", self.bits, 1, 15)  # "top-k" in the message would name no flag
+        if not isinstance(self.stochastic, bool):
+            raise TypeError("top-k: stochastic must be a bool")
+
+    def k_for(self, n: int) -> int:
+        """The k of a tensor of n elements."""
+        if self.k is not None:
+            return min(self.k, n)
+        return min(n, max(1, int(np.floor(self.fraction * n + 0.5)))) if n else 0
 
 
 class TopKSparse(NamedTuple):

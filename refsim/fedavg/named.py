@@ -11,6 +11,10 @@ Codecs (``codec_named``), for the uplink and the downlink:
     quant          ``Codec(QuantizerConfig(bits, stochastic=True))``: b-bit stochastic
                    quantization, bit-packed
     quant-huffman  the same levels, Huffman-coded (``huffman=True``)
+    topk-huffman   ``Codec(TopKConfig(fraction=0.01, bits=bits), huffman=True)``: the 1%
+                   largest entries of each tensor, their indices gap-coded, their magnitudes
+                   quantized to b bits (stochastic) and Huffman-coded with their signs. The
+                   loop sends each round's update without a residual (no error feedback)
 
 Partitions (``partition_named``) of the training labels over K clients, with
 ``make_rng(seed, Purpose.PARTITION)``:
@@ -27,14 +31,14 @@ from __future__ import annotations
 import numpy as np
 
 from refsim.backend import Purpose, make_rng
-from refsim.compress import Codec, QuantizerConfig
+from refsim.compress import Codec, QuantizerConfig, TopKConfig
 from refsim.data import partition
 from refsim.nn import cnn_mnist, logistic, mlp_2nn
 
 __all__ = ["MODELS", "CODEC_NAMES", "PARTITION_NAMES", "codec_named", "partition_named"]
 
 MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}  # name -> model factory
-CODEC_NAMES = ("raw", "float", "quant", "quant-huffman")
+CODEC_NAMES = ("raw", "float", "quant", "quant-huffman", "topk-huffman")
 PARTITION_NAMES = ("iid", "shards", "writers")
 
 
@@ -50,6 +54,8 @@ def codec_named(name: str, bits: int) -> Codec | None:
         return None
     if name == "float":
         return Codec(None)
+    if name == "topk-huffman":
+        return Codec(TopKConfig(fraction=0.01, bits=bits), huffman=True)
     return Codec(QuantizerConfig(bits, stochastic=True), huffman=name == "quant-huffman")
 
 

@@ -6,16 +6,21 @@
   vector for b = 4, 8, with the uniforms it used and the dequantized values; round-half-even on
   exact ties; QSGD with s = 1, 4, 127. Semantics: ``docs/compression.md`` sections 1-3.
 * ``huffman.npz``: canonical code lengths, codewords and the exact encoded bytes of six fixed
-  symbol streams (``docs/formats.md`` section 1), from the example of the format spec to an
+  symbol streams in both stream versions (``docs/formats.md`` sections 1 and 2; ``<case>.*``
+  version 1, ``v2.<case>.encoded`` version 2), from the example of the format spec to an
   empty stream, a single symbol, a sparse uint16 table and Fibonacci counts (long codes).
 * ``codec.npz``: the exact bytes of ``Codec.encode`` for one small three-tensor update under
-  ten codecs, and what ``Codec.decode`` returns (``docs/formats.md`` section 2).
+  ten codecs in codec version 1 (``<case>.*``) and version 2 (``v2.<case>.encoded``), two
+  entropy-coded top-k codecs (version 2 only), and what ``Codec.decode`` returns
+  (``docs/formats.md`` section 3).
 
 Every array here is exact: integers, bytes, and floats that are at most two IEEE operations
 away from exactly specified integers.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -32,7 +37,7 @@ QUANTIZE_SEED = 0xDEADBEEF
 BITS = (1, 2, 3, 4, 8, 12, 16)
 QSGD_LEVELS = (1, 4, 127)
 CODEC_SEED = 77
-CODECS = {  # case -> (codec, dtype of the update)
+CODECS = {  # case -> (codec, dtype of the update); written in codec versions 1 and 2
     "identity": (Codec(None), np.float32),
     "quant8": (Codec(QuantizerConfig(8)), np.float32),
     "quant3_nearest": (Codec(QuantizerConfig(3, stochastic=False)), np.float32),
@@ -43,6 +48,10 @@ CODECS = {  # case -> (codec, dtype of the update)
     "topk3": (Codec(TopKConfig(3)), np.float32),
     "quant8_threshold5": (Codec(QuantizerConfig(8), threshold=5), np.float32),
     "quant8_float64": (Codec(QuantizerConfig(8)), np.float64),
+}
+CODECS_V2 = {  # version 2 only: entropy-coded top-k (method 4)
+    "topk4_coded": (Codec(TopKConfig(4), huffman=True), np.float32),
+    "topk_half_bits3": (Codec(TopKConfig(fraction=0.5, bits=3), huffman=True), np.float32),
 }
 
 
@@ -104,7 +113,8 @@ def _huffman_inputs() -> dict[str, np.ndarray]:
 
 def huffman_vectors() -> dict[str, np.ndarray]:
     """Per case c: c.symbols, c.code_symbols (m,), c.code_lengths (m,) uint8, c.codewords (m,)
-    uint32 (canonical), c.encoded (L,) uint8 = the bytes of ``huffman.encode``."""
+    uint32 (canonical), c.encoded (L,) uint8 = the bytes of ``huffman.encode(version=1)``,
+    v2.c.encoded = those of ``huffman.encode`` (version 2; the same code lengths)."""
     out = {}
     for case, symbols in _huffman_inputs().items():
         lengths = code_lengths(huffman.histogram(symbols))  # (A,) uint8, 0 = absent
@@ -114,20 +124,30 @@ def huffman_vectors() -> dict[str, np.ndarray]:
             f"{case}.code_symbols": present.astype(symbols.dtype),
             f"{case}.code_lengths": lengths[present],
             f"{case}.codewords": canonical_codes(lengths)[present],
-            f"{case}.encoded": np.frombuffer(huffman.encode(symbols), np.uint8),
+            f"{case}.encoded": np.frombuffer(huffman.encode(symbols, version=1), np.uint8),
+            f"v2.{case}.encoded": np.frombuffer(huffman.encode(symbols, version=2), np.uint8),
         })
     return out
 
 
 def codec_vectors() -> dict[str, np.ndarray]:
     """seed, update.0 .. update.2 (float64 values of the three tensors), and per case c:
-    c.encoded (L,) uint8, c.decoded.0 .. c.decoded.2 (in the case's dtype)."""
+    c.encoded (L,) uint8 (codec version 1), c.decoded.0 .. c.decoded.2 (in the case's dtype),
+    v2.c.encoded (version 2; it decodes to c.decoded.*); per version-2-only case c:
+    v2.c.encoded and v2.c.decoded.0 .. v2.c.decoded.2."""
     update = [fixed_uniform(1501, (3, 4)), fixed_uniform(1502, (4,), -0.1, 0.3),
               fixed_uniform(1503, (2, 2, 3), -2.0, 0.5)]
     out = {"seed": np.uint64(CODEC_SEED)}
     out.update({f"update.{j}": t for j, t in enumerate(update)})
     for case, (codec, dtype) in CODECS.items():
-        data = codec.encode([t.astype(dtype) for t in update], seed=CODEC_SEED)
+        v1 = dataclasses.replace(codec, version=1)
+        data = v1.encode([t.astype(dtype) for t in update], seed=CODEC_SEED)
         out[f"{case}.encoded"] = np.frombuffer(data, np.uint8)
-        out.update({f"{case}.decoded.{j}": t for j, t in enumerate(codec.decode(data))})
+        out.update({f"{case}.decoded.{j}": t for j, t in enumerate(v1.decode(data))})
+        out[f"v2.{case}.encoded"] = np.frombuffer(
+            codec.encode([t.astype(dtype) for t in update], seed=CODEC_SEED), np.uint8)
+    for case, (codec, dtype) in CODECS_V2.items():
+        data = codec.encode([t.astype(dtype) for t in update], seed=CODEC_SEED)
+        out[f"v2.{case}.encoded"] = np.frombuffer(data, np.uint8)
+        out.update({f"v2.{case}.decoded.{j}": t for j, t in enumerate(codec.decode(data))})
     return out
