@@ -197,17 +197,21 @@ def _build(job: TFFJob) -> None:
     _steps_case(job, "steps_cnn_f64", "fedavg_cnn_f64", round_=2, check_with_tff=False)
     _fedavg_case(job, "cnn_f32_run", "cnn", _base("float32", rounds=1, epochs=1))
     job.cases.pop()  # the run only provides the trace the float32 recording starts from
-    _steps_case(job, "steps_cnn_f32", "cnn_f32_run", round_=1, check_with_tff=True)
+    _steps_case(job, "steps_cnn_f32", "cnn_f32_run", round_=1, check_with_tff=True,
+                largest=True)
     # TensorFlow's float32 arithmetic that the TFF semantics reproduce.
     job.add({"name": "tf_float32", "kind": "tf_float32", **_tf_float32_inputs()})
 
 
-def _steps_case(job, name, run, round_, check_with_tff):
+def _steps_case(job, name, run, round_, check_with_tff, largest=False):
+    """Record one client of ``round_`` of refsim's run ``run``: the first sampled client, or
+    the sampled client with the most examples (``largest``, the most local steps)."""
     cfg, h, model, data, parts = job.refsim[run]
     tdir = job.root / run / "trace"
     received = (np.load(tdir / "init.npz")["weights"] if round_ == 1 else
                 np.load(tdir / f"round_{round_ - 1:06d}.npz")["weights"])
-    client = h.rounds[round_ - 1].clients[0]
+    sampled = h.rounds[round_ - 1].clients
+    client = max(sampled, key=lambda k: len(parts[k])) if largest else sampled[0]
     weights = job.save(f"{name}_in.npz", **{f"w{i}": w for i, w in
                                             enumerate(to_keras_weights(model, received))})
     job.add({"name": name, "kind": "record_steps", "model": "cnn", "dtype": cfg.dtype.value,
@@ -429,7 +433,7 @@ def test_robust_aggregator_equals_tff_over_5_rounds(tff, name):
     """``robust_mean`` equals ``tff.learning.robust_aggregator(zeroing=True, clipping=True,
     weighted=True)`` round by round: the means (float64 1e-12; float32 1e-5, TFF sums the
     float32 tensors' squares in float32), the bounds used and both estimates (bit for bit in
-    float64), and which clients were zeroed and clipped. Round 1's zeroed client has an entry
+    float64), and which clients were zeroed and clipped. Round 2's zeroed client has an entry
     of 500: clipped first it would have an inf-norm below the zeroing bound and be averaged
     in, so the agreement also pins the order (zero, then clip)."""
     model, values, weights = tff.refsim[name]
@@ -644,7 +648,7 @@ def test_recorded_tff_steps_equal_refsim_steps_float64(tff):
 
 
 def test_float32_cnn_recording_is_tffs_client_update(tff):
-    """The float32 CNN recording (round 1, the first sampled client) starts from refsim's
+    """The float32 CNN recording (round 1, the sampled client with the most examples) starts from refsim's
     weights and ends where TFF's own one-client round of ``build_weighted_fed_avg`` ends, so it
     is TFF's local training step by step. It is written as ``refsim compare-steps``'s candidate
     (``steps_cnn_f32_candidate.npz`` beside the trace ``cnn_f32_run/trace``)."""
@@ -659,7 +663,7 @@ def test_float32_cnn_recording_is_tffs_client_update(tff):
     own = model.views(from_keras_weights(model, keras_list(arrays, "tff_round/")))
     rel = max_rel(end, own.values())
     record(FIGURES, "float32_recording_vs_tff_round", rel)
-    assert rel <= 1e-6, rel
+    assert rel <= 1e-5, rel  # eager steps vs TFF's graph: float32 rounding (6.3e-7 measured)
     np.savez(tff.root / "steps_cnn_f32_candidate.npz", **cand)
     record(FIGURES, "compare_steps_call", f"refsim compare-steps "
            f"{tff.root / 'steps_cnn_f32_candidate.npz'} {tff.root / run / 'trace'} "

@@ -30,9 +30,14 @@ SKIP_REASON = (
 
 
 def tff_python() -> str | None:
-    """The TFF venv's python from the environment, or None."""
+    """The TFF venv's python from the environment, or None when the variable is unset.
+    Set to a path that does not exist it is an error (CI sets it and must not skip)."""
     path = os.environ.get(ENV)
-    return path if path and os.path.exists(path) else None
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"${ENV} is {path!r}, which does not exist")
+    return path
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
