@@ -9,7 +9,8 @@ from refsim.cuda_launch import cupy_launch
 
 # A CPU stand-in for CuPy, used only when put on PYTHONPATH on purpose (docs/gpu.md); never
 # collected, so that ``import cupy`` keeps meaning the real one.
-collect_ignore = ["fake_cupy"]
+# tff_side/ runs in TFF's own venv (tests/tff_job.py): refsim's venv cannot import it.
+collect_ignore = ["fake_cupy", "tff_side"]
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])

@@ -22,6 +22,7 @@ from refsim.cli._common import UsageError, versions, write_text
 from refsim.cli.run_settings import (MODELS, add_arguments, batch_label, default_out,
                                      eval_partition, grid, make_config, make_data,
                                      make_partition, settings)
+from refsim.cli.run_tff import tff_round_line
 from refsim.fedavg import (NonFiniteUpdateError, metrics_csv, metrics_jsonl, rounds_to_targets,
                            run_fedavg)
 from refsim.fedavg.run_lock import RunLockError, lock_run_dir
@@ -103,14 +104,22 @@ def _plots(out: str, runs: list, mode: str) -> str | None:
 
 class _Progress:
     """The console line of each round (the progress indicator): metrics, elapsed seconds and
-    the estimated seconds left (elapsed / rounds done so far * rounds to go)."""
+    the estimated seconds left (elapsed / rounds done so far * rounds to go); with
+    ``tff_epochs`` (``--progress tff``) the line in the TFF tutorials' terms instead (its
+    cumulative aggregated bits count from the first round of this invocation)."""
 
-    def __init__(self, name: str, total: int, quiet: bool):
+    def __init__(self, name: str, total: int, quiet: bool, tff_epochs: int | None = None):
         self.name, self.total, self.quiet = name, total, quiet
         self.start, self.first = time.perf_counter(), None
+        self.tff_epochs, self.aggregated = tff_epochs, 0
 
     def __call__(self, row) -> None:
+        self.aggregated += row.uplink_bits if row.tff_uplink_bits is None else row.tff_uplink_bits
         if self.quiet:
+            return
+        if self.tff_epochs is not None:
+            print(f"[{self.name}] {tff_round_line(row, self.tff_epochs, self.aggregated)}",
+                  flush=True)
             return
         self.first = self.first or row.round  # a resumed run starts later
         elapsed = time.perf_counter() - self.start
@@ -156,7 +165,8 @@ def _run_locked(s, pairs, configs, data, parts, evals, model, out: str) -> int:
         run_dir = os.path.join(out, name)
         cfg = configs[(c, e, b)]
 
-        show = _Progress(name, cfg.rounds, s["quiet"])  # also the run's start time
+        show = _Progress(name, cfg.rounds, s["quiet"],  # also the run's start time
+                         cfg.epochs if s["progress"] == "tff" else None)
         try:
             h = run_fedavg(cfg, model, data, parts[p],
                            eval_partition=evals[p],

@@ -17,9 +17,11 @@ from importlib import resources
 import numpy as np
 
 from refsim.cli._common import UsageError, flag
+from refsim.cli.run_tff import (TFF_CODEC, TFF_RUN_DEFAULTS, add_tff_arguments,
+                                     aggregator_config, check_tff_settings, server_config)
 from refsim.data import load_femnist, load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
-                           ServerOptConfig, Weighting, from_images)
+                           Weighting, from_images)
 from refsim.fedavg.config import check_int
 from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_named,
                                  partition_named)
@@ -30,7 +32,7 @@ __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_pa
 
 DATASETS = ("mnist", "femnist")
 PARTITIONS = PARTITION_NAMES
-CODECS = tuple(c for c in CODEC_NAMES if c != "raw")  # uplink: always in refsim's format
+CODECS = tuple(c for c in CODEC_NAMES if c != "raw") + (TFF_CODEC,)  # uplink: refsim's format
 DOWNLINKS = CODEC_NAMES
 
 # The defaults of ``refsim run`` (the comparison); every key is also a flag and a TOML key.
@@ -38,13 +40,14 @@ RUN_DEFAULTS = {
     "model": "2nn", "partition": ["iid", "shards"], "codec": ["float", "quant-huffman"],
     "clients": 100, "shards_per_client": 2, "fraction": 0.1, "epochs": 1, "batch_size": 10,
     "lr": 0.1, "lr_decay": 1.0, "rounds": 50, "weighting": "examples", "server_opt": "sgd",
-    "server_lr": 1.0, "server_momentum": 0.0, "server_beta1": 0.9, "server_beta2": 0.99,
-    "server_tau": 1e-9, "server_bias_correction": False, "bits": 8, "downlink": "raw",
+    "server_lr": 1.0, "server_momentum": 0.0, "server_beta1": None, "server_beta2": None,
+    "server_tau": None, "server_bias_correction": False, "bits": 8, "downlink": "raw",
     "downlink_bits": 8, "eval_every": 1, "eval_holdout": 0.0, "seed": 0, "dataset": "mnist",
     "backend": "numpy", "client_stack": 1, "dtype": "float32", "init": "keras",
     "nan_policy": "raise", "train_limit": None,
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
     "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
+    **TFF_RUN_DEFAULTS,
 }
 # The flag that sets each FedAvgConfig field (validation errors name the flag).
 FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--batch-size",
@@ -54,7 +57,9 @@ FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--
                "server.lr": "--server-lr",
                "server.momentum": "--server-momentum", "server.beta1": "--server-beta1",
                "server.beta2": "--server-beta2", "server.tau": "--server-tau",
-               "server.bias_correction": "--server-bias-correction", "bits": "--bits"}
+               "server.bias_correction": "--server-bias-correction", "bits": "--bits",
+               "server.semantics": "--server-semantics",
+               "server.initial_preconditioner": "--server-initial-preconditioner"}
 GRID_KEYS = ("epochs", "batch_size")  # may be lists: one run per (E, B) pair
 
 
@@ -149,6 +154,7 @@ def settings(args: argparse.Namespace) -> dict:
             raise UsageError(f"{flag(key)}: expected true or false, got {s[key]!r}")
     if s["out"] is not None and not isinstance(s["out"], str):
         raise UsageError(f"--out: expected a directory path, got {s['out']!r}")
+    check_tff_settings(s)
     _check_int("clients", s["clients"], 1)
     _check_int("shards_per_client", s["shards_per_client"], 1)
     _check_int("bits", s["bits"], 1, 16)
@@ -174,10 +180,8 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
     """FedAvgConfig of one run (uplink codec, E and B chosen from the settings' lists); a config
     error becomes a UsageError naming the flag."""
     try:
-        codec = codec_named(codec_kind, s["bits"])
-        server = ServerOptConfig(ServerOpt(s["server_opt"]), s["server_lr"], s["server_momentum"],
-                                 s["server_beta1"], s["server_beta2"], s["server_tau"],
-                                 s["server_bias_correction"])
+        codec = None if codec_kind == TFF_CODEC else codec_named(codec_kind, s["bits"])
+        server = server_config(s)
         return FedAvgConfig(
             fraction=s["fraction"], epochs=epochs, batch_size=batch_size, lr=s["lr"],
             lr_decay=s["lr_decay"], rounds=s["rounds"], weighting=Weighting(s["weighting"]),
@@ -186,7 +190,7 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
             eval_holdout=s["eval_holdout"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
             nan_policy=NanPolicy(s["nan_policy"]), backend=s["backend"],
-            client_stack=s["client_stack"])
+            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind))
     except (ValueError, TypeError) as e:
         field = str(e).split(" ")[0]
         raise UsageError(f"{FIELD_FLAGS.get(field, field)}: {e}") from None
@@ -261,14 +265,15 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     d = RUN_DEFAULTS
     add = run.add_argument
     add("--config", default=None, help="TOML file of settings (keys = flag names with _), or a "
-        "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid")
+        "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid, "
+        "tff_image_classification, tff_compression")
     add("--model", default=S, choices=tuple(MODELS), help=f"default {d['model']}")
     add("--partition", default=S, nargs="+", choices=PARTITIONS,
         help="iid, shards (pathological non-IID) and/or writers (one client per writer); "
              "default iid shards")
     add("--codec", default=S, nargs="+", choices=CODECS,
-        help="uplink: float (raw), quant (b-bit stochastic, bit-packed), quant-huffman; "
-             "default float quant-huffman")
+        help="uplink: float (raw), quant (b-bit stochastic, bit-packed), quant-huffman, "
+             "tff-compression (TFF's compression aggregator); default float quant-huffman")
     add("--clients", default=S, type=int, help="K >= 1 (default 100)")
     add("--shards-per-client", default=S, type=int, help="shards partition (default 2)")
     add("--fraction", default=S, type=float, help="C in [0, 1] (default 0.1)")
@@ -283,11 +288,15 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--server-opt", default=S, choices=[o.value for o in ServerOpt])
     add("--server-lr", default=S, type=float, help="> 0 (default 1.0: FedAvg)")
     add("--server-momentum", default=S, type=float, help="in [0, 1) (momentum only)")
-    add("--server-beta1", default=S, type=float, help="in [0, 1) (adam/yogi/adagrad; 0.9)")
-    add("--server-beta2", default=S, type=float, help="in [0, 1) (adam/yogi; 0.99)")
-    add("--server-tau", default=S, type=float, help="> 0 (adam/yogi/adagrad; 1e-9)")
+    add("--server-beta1", default=S, type=float,
+        help="in [0, 1) (adam/yogi/adagrad; flower 0.9, tff 0.9, tff adagrad 0)")
+    add("--server-beta2", default=S, type=float,
+        help="in [0, 1) (adam/yogi; flower 0.99, tff 0.999)")
+    add("--server-tau", default=S, type=float,
+        help="> 0, tff's epsilon (flower 1e-9; tff adam/adagrad 1e-7, yogi 1e-3)")
     add("--server-bias-correction", default=S, action="store_true",
         help="adam: Flower FedAdam's bias-corrected server learning rate")
+    add_tff_arguments(add, S)
     add("--bits", default=S, type=int, help="uplink quantizer bits in [1, 16] (default 8)")
     add("--downlink", default=S, choices=DOWNLINKS,
         help="broadcast of the weights: raw (default), float, quant, quant-huffman")

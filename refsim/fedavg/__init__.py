@@ -4,11 +4,12 @@ Algorithm 1) as a readable loop. Read ``loop.py`` first; semantics in ``docs/fed
 from refsim.fedavg.client import (ClientHParams, ClientReport, ClientResult, NonFiniteUpdateError,
                                   client_update, report_update, train_client)
 from refsim.fedavg.config import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
-                                  ServerOptConfig, Weighting, clients_per_round)
+                                  ServerOptConfig, ServerSemantics, Weighting, clients_per_round)
 from refsim.fedavg.dataset import FedData, from_images, holdout_split
 from refsim.fedavg.loop import finish_round, run_fedavg, run_round, sample_clients
 from refsim.fedavg.metrics import (History, RoundMetrics, evaluate, federated_evaluate,
                                    metrics_csv, metrics_jsonl, rounds_to_targets)
+from refsim.fedavg.robust import AdaptiveNorm, RobustAggregator
 from refsim.fedavg.server import (aggregate_round, init_server_state, server_update,
                                   weighted_average)
 from refsim.fedavg.stacked import client_updates, stacked_client_update
@@ -16,8 +17,8 @@ from refsim.fedavg.transport import (decode_broadcast, decode_tensors, encode_br
                                      encode_tensors, encode_update)
 
 __all__ = [
-    "FedAvgConfig", "ServerOptConfig", "ServerOpt", "Weighting", "NanPolicy", "DType",
-    "InitScheme", "clients_per_round",
+    "FedAvgConfig", "ServerOptConfig", "ServerOpt", "ServerSemantics", "Weighting", "NanPolicy",
+    "DType", "InitScheme", "clients_per_round", "RobustAggregator", "AdaptiveNorm",
     "ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError", "client_update",
     "train_client", "report_update", "client_updates", "stacked_client_update",
     "weighted_average", "init_server_state", "server_update", "aggregate_round",

@@ -10,7 +10,9 @@ AISTATS 2017, arXiv:1602.05629, Algorithm 1. The paper's hyperparameters map to 
 
 K (the number of clients) is not a field: it is the length of the partition the run is given.
 The server step is ``w <- w - server_opt(-mean delta)``; :class:`ServerOptConfig` with
-``ServerOpt.SGD`` and ``lr=1.0`` is exactly FedAvg. Everything is validated once, in
+``ServerOpt.SGD`` and ``lr=1.0`` is exactly FedAvg; its ``semantics`` picks Flower's formulas
+(the default, ``server.py``) or TFF's (``server_tff.py``). ``aggregator`` replaces the weighted
+mean by TFF's robust (or compression) aggregator (``robust.py``). Everything is validated once, in
 ``__post_init__``; errors name the field and its allowed range.
 """
 
@@ -24,8 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refsim.compress import Codec
+from refsim.fedavg.robust import RobustAggregator
 
-__all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerOptConfig",
+__all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerSemantics",
+           "ServerOptConfig",
            "FedAvgConfig", "clients_per_round", "check_int"]
 
 BACKENDS = ("numpy", "cupy")  # FedAvgConfig.backend; availability is checked by the loop
@@ -64,9 +68,12 @@ class DType(enum.Enum):
 
 
 class InitScheme(enum.Enum):
-    """``Model.init`` scheme: KERAS (glorot_uniform, zero bias) or TORCH (PyTorch defaults)."""
+    """``Model.init`` scheme: KERAS (glorot_uniform, zero bias), TORCH (PyTorch defaults) or
+    ZEROS (every weight 0: ``kernel_initializer='zeros'`` of TFF's image-classification
+    tutorial)."""
     KERAS = "keras"
     TORCH = "torch"
+    ZEROS = "zeros"
 
 
 class ServerOpt(enum.Enum):
@@ -83,6 +90,18 @@ class ServerOpt(enum.Enum):
     ADAM = "adam"
     YOGI = "yogi"
     ADAGRAD = "adagrad"
+
+
+class ServerSemantics(enum.Enum):
+    """Whose formulas a :class:`ServerOptConfig` follows (they differ: ``docs/tff-semantics.md``).
+
+    FLOWER  Flower 1.42's ``FedAvgM`` / ``FedAdam`` / ``FedYogi`` / ``FedAdagrad`` (``server.py``).
+    TFF     TFF 0.87's ``build_sgdm`` / ``build_adam`` / ``build_yogi`` / ``build_adagrad``
+            (``server_tff.py``): bias correction with step t, Yogi's and Adagrad's initial
+            preconditioner, Adagrad's epsilon inside the square root, float32 hyperparameters.
+    """
+    FLOWER = "flower"
+    TFF = "tff"
 
 
 def _check_real(name: str, value: object, lo: float, hi: float, lo_open: bool = False,
@@ -125,8 +144,14 @@ class ServerOptConfig:
     The constructors :meth:`fedadam`, :meth:`fedyogi`, :meth:`fedadagrad` give the defaults of
     Flower's ``flwr.server.strategy`` classes (flwr 1.42; its Message-API classes in
     ``flwr.serverapp.strategy`` default FedAdam's and FedAdagrad's tau to 1e-3: pass
-    ``tau=1e-3``). Measured against Flower in ``tests/test_validation_flower.py``; TFF's
-    defaults differ (``docs/flower-semantics.md``).
+    ``tau=1e-3``). Measured against Flower in ``tests/test_validation_flower.py``.
+
+    semantics=ServerSemantics.TFF follows TFF's optimizers instead (``server_tff.py``); tau is
+    TFF's epsilon, initial_preconditioner its ``initial_preconditioner_value`` (YOGI / ADAGRAD
+    only; 0 otherwise), bias_correction must be False (TFF's ADAM and YOGI always correct, with
+    step t) and ADAGRAD has no moments (beta1 = beta2 = 0). :meth:`tff_sgdm`, :meth:`tff_adam`,
+    :meth:`tff_yogi`, :meth:`tff_adagrad` give TFF's defaults. Measured against TFF in
+    ``tests/test_validation_tff.py``; both semantics side by side: ``docs/tff-semantics.md``.
     """
     kind: ServerOpt = ServerOpt.SGD
     lr: float = 1.0
@@ -135,6 +160,8 @@ class ServerOptConfig:
     beta2: float = 0.99
     tau: float = 1e-9
     bias_correction: bool = False
+    semantics: ServerSemantics = ServerSemantics.FLOWER
+    initial_preconditioner: float = 0.0
 
     def __post_init__(self):
         _check_enum("server.kind", self.kind, ServerOpt)
@@ -150,6 +177,26 @@ class ServerOptConfig:
                              "(use ServerOpt.MOMENTUM for FedAvgM)")
         if self.bias_correction and self.kind is not ServerOpt.ADAM:
             raise ValueError("server.bias_correction applies to ServerOpt.ADAM only")
+        _check_enum("server.semantics", self.semantics, ServerSemantics)
+        _check_real("server.initial_preconditioner", self.initial_preconditioner, 0.0, math.inf,
+                    hi_open=True)
+        if self.semantics is ServerSemantics.TFF:
+            self._check_tff()
+        elif self.initial_preconditioner != 0.0:
+            raise ValueError("server.initial_preconditioner applies to "
+                             "semantics=ServerSemantics.TFF only (Flower starts from 0)")
+
+    def _check_tff(self) -> None:
+        if self.bias_correction:
+            raise ValueError("server.bias_correction is Flower's FedAdam exponent; TFF's adam "
+                             "and yogi always bias-correct with step t (leave it False)")
+        if self.initial_preconditioner != 0.0 and self.kind not in (ServerOpt.YOGI,
+                                                                     ServerOpt.ADAGRAD):
+            raise ValueError(f"server.initial_preconditioner applies to yogi and adagrad, not "
+                             f"{self.kind.value}")
+        if self.kind is ServerOpt.ADAGRAD and (self.beta1, self.beta2) != (0.0, 0.0):
+            raise ValueError("server.beta1 and server.beta2 must be 0 for TFF's adagrad (it has "
+                             "no moments)")
 
     @classmethod
     def fedadam(cls, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99,
@@ -169,6 +216,36 @@ class ServerOptConfig:
         """``flwr.server.strategy.FedAdagrad`` defaults (eta 0.1, tau 1e-9; beta_1 = beta_2 = 0,
         beta_2 unused); ``flwr.serverapp.strategy.FedAdagrad`` has tau 1e-3."""
         return cls(ServerOpt.ADAGRAD, lr, 0.0, 0.0, 0.0, tau)
+
+    @classmethod
+    def tff_sgdm(cls, lr: float = 1.0, momentum: float = 0.0) -> "ServerOptConfig":
+        """TFF ``build_sgdm(learning_rate, momentum)`` (momentum 0: TFF's ``None``). lr 1.0 is
+        ``build_weighted_fed_avg``'s default server optimizer; ``build_sgdm``'s own is 0.01."""
+        kind = ServerOpt.MOMENTUM if momentum else ServerOpt.SGD
+        return cls(kind, lr, momentum, semantics=ServerSemantics.TFF)
+
+    @classmethod
+    def tff_adam(cls, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-7) -> "ServerOptConfig":
+        """TFF ``build_adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7)``."""
+        return cls(ServerOpt.ADAM, lr, 0.0, beta1, beta2, epsilon,
+                   semantics=ServerSemantics.TFF)
+
+    @classmethod
+    def tff_yogi(cls, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-3, initial_preconditioner: float = 1e-6
+                 ) -> "ServerOptConfig":
+        """TFF ``build_yogi(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-3,
+        initial_preconditioner_value=1e-6)``."""
+        return cls(ServerOpt.YOGI, lr, 0.0, beta1, beta2, epsilon,
+                   semantics=ServerSemantics.TFF, initial_preconditioner=initial_preconditioner)
+
+    @classmethod
+    def tff_adagrad(cls, lr: float, initial_preconditioner: float = 0.1,
+                    epsilon: float = 1e-7) -> "ServerOptConfig":
+        """TFF ``build_adagrad(learning_rate, initial_preconditioner_value=0.1, epsilon=1e-7)``."""
+        return cls(ServerOpt.ADAGRAD, lr, 0.0, 0.0, 0.0, epsilon,
+                   semantics=ServerSemantics.TFF, initial_preconditioner=initial_preconditioner)
 
 
 @dataclass(frozen=True)
@@ -201,6 +278,7 @@ class FedAvgConfig:
     nan_policy: NanPolicy = NanPolicy.RAISE
     backend: str = "numpy"                # "numpy" or "cupy" (weights and data on the GPU)
     client_stack: int = 1                 # train up to this many equal-sized clients side by side
+    aggregator: RobustAggregator | None = None  # None: the weighted mean; else TFF's robust one
 
     def __post_init__(self):
         _check_real("fraction", self.fraction, 0.0, 1.0)
@@ -228,6 +306,13 @@ class FedAvgConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got "
                              f"{self.backend!r}")
         check_int("client_stack", self.client_stack, 1)
+        if self.aggregator is not None and not isinstance(self.aggregator, RobustAggregator):
+            raise TypeError(f"aggregator must be a RobustAggregator or None, got "
+                            f"{type(self.aggregator).__name__}")
+        if (self.aggregator is not None and self.aggregator.codec is not None
+                and self.codec is not None):
+            raise ValueError("codec must be None when the aggregator compresses "
+                             "(RobustAggregator.codec: TFF's compression_aggregator)")
 
     def client_lr(self, round_: int) -> float:
         """The client learning rate of round ``round_`` (1-based): lr * lr_decay**(round - 1)."""
@@ -243,7 +328,10 @@ class FedAvgConfig:
             elif isinstance(v, ServerOptConfig):
                 v = {"kind": v.kind.value, "lr": v.lr, "momentum": v.momentum,
                      "beta1": v.beta1, "beta2": v.beta2, "tau": v.tau,
-                     "bias_correction": v.bias_correction}
+                     "bias_correction": v.bias_correction, "semantics": v.semantics.value,
+                     "initial_preconditioner": v.initial_preconditioner}
+            elif isinstance(v, RobustAggregator):
+                v = v.to_dict()
             elif isinstance(v, Codec):
                 v = repr(v)
             out[name] = v

@@ -162,7 +162,7 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
     ckpt = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.npz")
     params = model.init(make_rng(config.seed, Purpose.INIT), config.init.value, config.dtype.np)
     w0 = params.copy()
-    state, rows, start = init_server_state(config.server, params), [], 1
+    state, rows, start = init_server_state(config.server, params, config.aggregator), [], 1
     if resume and ckpt is not None and os.path.exists(ckpt):
         done, params, state, saved = load_checkpoint(ckpt)
         if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):

@@ -22,6 +22,10 @@ against communication rounds; TFF and Flower report the training metrics below):
   and the dtype is float32; empty otherwise.
 * uplink_entropy_bits: for quantize / QSGD codecs, sum over reporting clients of n * H of the
   coded symbols (what an ideal entropy coder would spend on them); empty otherwise.
+* zeroing_norm, clipping_norm, zeroed_clients, clipped_clients: with TFF's robust aggregator
+  (``FedAvgConfig.aggregator``, ``robust.py``), the bounds of the round and the clients whose
+  update was zeroed / clipped (TFF's ``zeroing_norm``, ``clipping_norm``, ``zeroed_count``,
+  ``clipped_count`` measurements); empty and () otherwise.
 
 No column depends on the wall clock, so a rerun writes byte-identical files.
 """
@@ -64,15 +68,23 @@ class RoundMetrics:
     broadcast_bits_cum: int
     tff_uplink_bits: int | None
     uplink_entropy_bits: float | None
+    zeroing_norm: float | None = None
+    clipping_norm: float | None = None
+    zeroed_clients: tuple[int, ...] = ()
+    clipped_clients: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["clients"], d["dropped"] = list(self.clients), list(self.dropped)
+        for name in _ID_LISTS:
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RoundMetrics":
-        return cls(**{**d, "clients": tuple(d["clients"]), "dropped": tuple(d["dropped"])})
+        return cls(**{**d, **{name: tuple(d[name]) for name in _ID_LISTS if name in d}})
+
+
+_ID_LISTS = ("clients", "dropped", "zeroed_clients", "clipped_clients")
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1, server loop:
 Written with updates delta_k = w^k_{t+1} - w_t this is w_{t+1} = w_t + sum(n_k delta_k) / n,
 i.e. a server SGD step with learning rate 1 on the pseudo-gradient g = -mean delta
 (Reddi et al., "Adaptive Federated Optimization", ICLR 2021, arXiv:2003.00295, Algorithm 1).
-``server_update`` generalises the step to ``w <- w - server_opt(g)``; ``aggregate_round`` is
-the whole server side of a round (decode, NaN policy, weighted mean, server step, the round's
-training metrics and bits).
+``server_update`` generalises the step to ``w <- w - server_opt(g)`` with Flower's formulas
+(below) or TFF's (``server_tff.py``, ``ServerSemantics.TFF``); ``aggregate_round`` is the whole
+server side of a round (decode, NaN policy, weighted mean or TFF's robust aggregator
+(``robust.py``), server step, the round's training metrics and bits).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 from refsim.backend import get_xp
 from refsim.fedavg.client import ClientReport, NonFiniteUpdateError
 from refsim.fedavg.config import (FedAvgConfig, NanPolicy, ServerOpt, ServerOptConfig,
-                                  Weighting)
+                                  ServerSemantics, Weighting)
+from refsim.fedavg.robust import RobustAggregator, init_robust_state, robust_mean
+from refsim.fedavg.server_tff import init_tff_server_state, tff_server_update
 from refsim.fedavg.transport import decode_tensors, tff_uplink_bits
 from refsim.nn import Model
 
@@ -69,17 +72,23 @@ def weighted_average(updates: Sequence[np.ndarray], weights: Sequence[float]) ->
     return (total / total_weight).astype(dtype)  # (P,)
 
 
-def init_server_state(opt: ServerOptConfig, params: np.ndarray) -> dict[str, np.ndarray]:
-    """The optimizer state before round 1: {} for SGD, {"v": 0} for momentum, {"m": 0, "v": 0}
-    (each (P,), dtype of params) for ADAM / YOGI / ADAGRAD.
+def init_server_state(opt: ServerOptConfig, params: np.ndarray,
+                      aggregator: RobustAggregator | None = None) -> dict[str, np.ndarray]:
+    """The server state before round 1: the optimizer's, plus the robust aggregator's estimates
+    (``robust.init_robust_state``, keys ``robust_*``) when ``aggregator`` is given.
 
-    Zero moments are Flower's choice; Reddi et al. (Algorithm 2) allow v_{-1} >= tau^2.
+    Flower semantics: {} for SGD, {"v": 0} for momentum, {"m": 0, "v": 0} (each (P,), dtype of
+    params) for ADAM / YOGI / ADAGRAD. Zero moments are Flower's choice; Reddi et al.
+    (Algorithm 2) allow v_{-1} >= tau^2. TFF semantics: ``server_tff.init_tff_server_state``.
     """
+    state = {} if aggregator is None else init_robust_state(aggregator)
+    if opt.semantics is ServerSemantics.TFF:
+        return {**init_tff_server_state(opt, params), **state}
     if opt.kind is ServerOpt.MOMENTUM:
-        return {"v": np.zeros_like(params)}
+        return {"v": np.zeros_like(params), **state}
     if opt.kind in (ServerOpt.ADAM, ServerOpt.YOGI, ServerOpt.ADAGRAD):
-        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
-    return {}
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), **state}
+    return state
 
 
 def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, np.ndarray],
@@ -101,10 +110,13 @@ def server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, n
     with eta_t = lr, except ADAM with ``bias_correction``: eta_t = lr * sqrt(1 - beta2^(t+1)) /
     (1 - beta1^(t+1)), exactly Flower's ``FedAdam`` (its exponent is server_round + 1, one more
     than Kingma & Ba's, with server_round starting at 1). These are the formulas of Flower's
-    ``FedAdam`` / ``FedYogi`` / ``FedAdagrad``; TFF's ``build_adam`` etc. are not checked here.
+    ``FedAdam`` / ``FedYogi`` / ``FedAdagrad``. With ``opt.semantics`` TFF the step is TFF's
+    (``server_tff.tff_server_update``, t = ``round_``).
 
     Arithmetic is in the dtype of params (scalars cast to it); inputs are not modified.
     """
+    if opt.semantics is ServerSemantics.TFF:
+        return tff_server_update(params, mean_delta, state, opt, round_)
     dt = params.dtype.type
     xp = get_xp(params)
     g = -mean_delta  # (P,)
@@ -137,13 +149,17 @@ def aggregate_round(params, state: dict, round_: int, reports: Sequence[ClientRe
        :class:`NonFiniteUpdateError` naming round and client; ``DROP`` records the client in
        ``dropped`` and leaves it out of everything below but ``examples`` / ``batches``.
     2. Each payload is decoded (``transport.decode_tensors``; a corrupt one raises ValueError).
-    3. mean = ``weighted_average`` with v_k = n_k (``Weighting.EXAMPLES``) or 1.
+    3. mean = ``weighted_average`` with v_k = n_k (``Weighting.EXAMPLES``) or 1; with
+       ``config.aggregator``, ``robust.robust_mean`` of the same (its estimates in ``state``).
     4. (w_{t+1}, state) = ``server_update(w_t, mean, state, config.server, t)``.
 
     Returns (w_{t+1}, state, facts) with facts: dropped, examples, batches (over all sampled
     clients), train_loss = sum loss_sum / sum num_seen and train_accuracy = sum num_correct /
     sum num_seen over the reporting clients (TFF's example-weighted training metrics),
-    uplink_bits, tff_uplink_bits, uplink_entropy_bits.
+    uplink_bits, tff_uplink_bits, uplink_entropy_bits, and the robust aggregator's zeroing_norm,
+    clipping_norm, zeroed_clients, clipped_clients (None / () without one). With the
+    aggregator's codec (TFF's compression aggregator) the uplink bits are those of the
+    encoded w_k z_k.
     """
     xp = get_xp(params)
     deltas, weights, dropped, kept = [], [], [], []
@@ -162,11 +178,17 @@ def aggregate_round(params, state: dict, round_: int, reports: Sequence[ClientRe
     if not deltas:
         raise ValueError(f"round {round_}: every sampled client was dropped {dropped}; "
                          f"the total weight sum(n_k) is 0")
-    mean_delta = weighted_average(deltas, weights)  # sum(n_k delta_k) / sum(n_k), (P,)
-    params, state = server_update(params, mean_delta, state, config.server, round_)
+    agg, robust = config.aggregator, {}
+    opt_state = {k: v for k, v in state.items() if not k.startswith("robust_")}
+    if agg is None:
+        mean_delta = weighted_average(deltas, weights)  # sum(n_k delta_k) / sum(n_k), (P,)
+    else:
+        mean_delta, robust, agg_facts = robust_mean(deltas, weights, state, agg, model,
+                                                    config.seed, round_, [r.client for r in kept])
+    params, opt_state = server_update(params, mean_delta, opt_state, config.server, round_)
     seen = sum(r.num_seen for r in kept)
     entropy = [r.entropy_bits for r in kept]
-    return params, state, {
+    facts = {
         "dropped": tuple(dropped),
         "examples": sum(r.num_examples for r in reports),
         "batches": sum(r.num_batches for r in reports),
@@ -175,4 +197,17 @@ def aggregate_round(params, state: dict, round_: int, reports: Sequence[ClientRe
         "uplink_bits": sum(r.uplink_bits for r in kept),
         "tff_uplink_bits": tff_uplink_bits(config.codec, model, config.dtype.np, len(kept)),
         "uplink_entropy_bits": None if None in entropy else sum(entropy),
+        "zeroing_norm": None, "clipping_norm": None, "zeroed_clients": (), "clipped_clients": (),
     }
+    if agg is not None:
+        ids = [r.client for r in kept]
+        facts.update(zeroing_norm=agg_facts["zeroing_norm"],
+                     clipping_norm=agg_facts["clipping_norm"],
+                     zeroed_clients=tuple(ids[i] for i in agg_facts["zeroed"]),
+                     clipped_clients=tuple(ids[i] for i in agg_facts["clipped"]))
+        if agg.codec is not None:  # the compressed w_k z_k travel instead of the raw updates
+            facts.update(uplink_bits=agg_facts["uplink_bits"],
+                         uplink_entropy_bits=agg_facts["uplink_entropy_bits"],
+                         tff_uplink_bits=tff_uplink_bits(agg.codec, model, config.dtype.np,
+                                                         len(kept)))
+    return params, {**opt_state, **robust}, facts

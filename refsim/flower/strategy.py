@@ -73,7 +73,7 @@ class RefsimFedAvg(FedAvg):
         self.params = model.init(make_rng(config.seed, Purpose.INIT), config.init.value,
                                  config.dtype.np)  # (P,) w_0, as run_fedavg
         self.initial_params = self.params.copy()
-        self.state = init_server_state(config.server, self.params)
+        self.state = init_server_state(config.server, self.params, config.aggregator)
         self.rows: list[RoundMetrics] = []
         self.timing: list[dict] = []
         self._round: dict = {}  # what configure_train decided for the round in flight

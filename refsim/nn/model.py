@@ -173,20 +173,22 @@ class Model:
         (glorot_uniform, Glorot and Bengio 2010), biases 0: Keras' Conv2D/Dense defaults.
         ``scheme="torch"``: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)):
         PyTorch's default ``kaiming_uniform_(a=sqrt(5))`` and bias init.
+        ``scheme="zeros"``: every parameter 0 (Keras ``kernel_initializer='zeros'``, as in TFF's
+        image-classification tutorial); ``rng`` is not drawn from.
         Draws happen layer by layer, weight then bias, in float64 (``rng.uniform``), then
         are cast to ``dtype``.
         """
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if scheme not in ("keras", "torch"):
-            raise ValueError(f"scheme must be 'keras' or 'torch', got {scheme!r}")
+        if scheme not in ("keras", "torch", "zeros"):
+            raise ValueError(f"scheme must be 'keras', 'torch' or 'zeros', got {scheme!r}")
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         flat = np.zeros(self.num_params, dtype=dtype)
         view = self.views(flat)
         for layer in self.layers:
-            if not isinstance(layer, (Conv2D, Dense)):
+            if scheme == "zeros" or not isinstance(layer, (Conv2D, Dense)):
                 continue
             fan_in, fan_out = _fans(layer)
             w, b = view[f"{layer.name}.weight"], view[f"{layer.name}.bias"]
