@@ -57,9 +57,21 @@ def test_the_walkthrough_runs_and_the_replay_agrees(tmp_path, monkeypatch, capsy
         torch.set_num_threads(threads)
     assert namespace["result"].agree and namespace["result"].rounds == (1, 2, 3)
     compare_output = next(out for out in outputs if out.startswith("A: torch_fedavg.npz"))
-    shown = [b for lang, b in _blocks() if lang == "text" and "AGREE" in b]
+    shown = [b for lang, b in _blocks() if lang == "text" and b.startswith("A: torch_fedavg")]
     assert len(shown) == 1
     verdict = [line for line in shown[0].splitlines() if line.startswith("AGREE")]
     assert verdict and verdict[0] in compare_output.splitlines()
     assert shown[0].splitlines()[:2] == compare_output.splitlines()[:2]
+    # The float32 walkthrough: compare-steps agrees on every step, as the page shows; the
+    # band comparison finds "yours" inside.
+    steps_output = next(out for out in outputs if out.startswith("candidate: torch_steps.npz"))
+    shown = [b for lang, b in _blocks() if lang == "text" and b.startswith("candidate: ")]
+    assert len(shown) == 1
+    assert shown[0].splitlines()[:3] == steps_output.splitlines()[:3]
+    rows = [line.split()[:4] for line in steps_output.splitlines() if line[:5].strip().isdigit()]
+    assert rows == [line.split()[:4] for line in shown[0].splitlines()
+                    if line[:5].strip().isdigit()]
+    assert all(r[3] == "agree" for r in rows) and len(rows) == 12
+    assert any("candidate: runs/yours" in out and "\nINSIDE: " in out for out in outputs)
+    assert namespace["report"].agree
     assert (tmp_path / "runs" / "api-demo" / "trace" / "init.json").exists()

@@ -30,6 +30,7 @@ import pytest
 import tff_job
 from tff_job import TFFJob, keras_list, max_rel, record
 
+from refsim.cli import main
 from refsim.compress import Codec, dequantize, quantize, tff_round_bits, tff_tensor_bits
 from refsim.compress.tff_bits import TFF_TUTORIAL_CNN_SIZES
 from refsim.data import load_mnist
@@ -38,6 +39,8 @@ from refsim.fedavg import (DType, FedAvgConfig, RobustAggregator, ServerOptConfi
 from refsim.fedavg.robust import (TFF_CLIPPING, TFF_ZEROING, init_robust_state, robust_mean,
                                   tf_sum_f32)
 from refsim.fedavg.server_tff import tff_normalized_lr
+from refsim.validation.step_inputs import load_client_round, load_steps
+from refsim.validation.steps import check_client_steps
 from refsim.nn import (cnn_cifar, cnn_mnist, from_keras_weights, logistic, mlp_2nn,
                        to_keras_weights)
 
@@ -665,9 +668,21 @@ def test_float32_cnn_recording_is_tffs_client_update(tff):
     record(FIGURES, "float32_recording_vs_tff_round", rel)
     assert rel <= 1e-5, rel  # eager steps vs TFF's graph: float32 rounding (6.3e-7 measured)
     np.savez(tff.root / "steps_cnn_f32_candidate.npz", **cand)
-    record(FIGURES, "compare_steps_call", f"refsim compare-steps "
-           f"{tff.root / 'steps_cnn_f32_candidate.npz'} {tff.root / run / 'trace'} "
-           f"--round {round_} --client {client}")
+    # TFF's float32 steps, each checked from TFF's own weights (docs/validation.md, section 6):
+    # every step agrees with refsim's within the step tolerance, or is a tie flip.
+    trace = tff.root / run / "trace"
+    client_round = load_client_round(trace, round_, client)
+    steps = load_steps(tff.root / "steps_cnn_f32_candidate.npz", model)
+    mnist = load_mnist()
+    report = check_client_steps(steps, client_round, mnist.x_train, mnist.y_train)
+    assert report.agree, report.first_divergence.note
+    assert len(report.checks) == last
+    record(FIGURES, "compare_steps_f32_cnn", {
+        "steps": len(report.checks), "tie_flips": report.count("tie flip"),
+        "largest_err_over_bound": max(t.ratio for c in report.checks for t in
+                                      (c.flipped or c.tensors))})
+    assert main(["compare-steps", str(tff.root / "steps_cnn_f32_candidate.npz"), str(trace),
+                 "--round", str(round_), "--client", str(client)]) == 0
 
 
 # -- TensorFlow's float32 arithmetic -----------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import zipfile
 
 from refsim.cli.compare_curves import compare_curves
@@ -83,7 +84,9 @@ def format_report(c: Comparison, tolerance_note: str = "") -> str:
             last = "-" if f32["last_round"] is None else f32["last_round"]
             lines.append(f"float32: over the tolerance from round {where} (max rel "
                          f"{f32['max_rel_from']:.3g} there, {f32['max_rel_last']:.3g} at round "
-                         f"{last}). {f32['advice']}.")
+                         f"{last}, the last compared).")
+            lines += textwrap.wrap(f32["advice"] + ".", 96, initial_indent="  ",
+                                   subsequent_indent="  ")
     return "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ def _tensor_line(t: TensorCheck) -> str:
 def _step_row(c: StepCheck) -> str:
     w = c.worst
     return (f"{c.step:>5}  {c.epoch:>5}  {c.batch:>5}  {c.status:<9}  {w.name:<14}  "
-            f"{w.ratio:>9.3g}  {c.note}")
+            f"{w.ratio:>9.3g}  {c.note}").rstrip()
 
 
 def format_steps_report(r: StepsReport) -> str:

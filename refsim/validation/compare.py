@@ -140,14 +140,13 @@ class Comparison:
         where = "-" if first.round is None else first.round
         return {"from_round": first.round, "max_rel_from": at_first.max_rel,
                 "last_round": rounds[-1].round, "max_rel_last": rounds[-1].max_rel,
-                "advice": (f"float32 trajectories of two correct implementations part within a "
-                           f"few dozen SGD steps (near-ties of ReLU and max-pool fall "
-                           f"differently), so this divergence is not by itself a bug. Check the "
-                           f"local steps of round {where} one at a time: record a client's "
-                           f"weights before and after each step and run refsim compare-steps "
-                           f"YOURS.npz TRACE --round {where} --client K; or compare a float64 "
-                           f"run, where correct implementations agree to ~1e-15 "
-                           f"(docs/validation.md)")}
+                "advice": (f"Two correct float32 implementations part within a few dozen SGD "
+                           f"steps (near-ties of ReLU and max-pool fall differently), so this "
+                           f"divergence is not by itself a bug. Check the local steps of round "
+                           f"{where} one at a time: record a client's weights before and after "
+                           f"each step and run refsim compare-steps YOURS.npz TRACE --round "
+                           f"{where} --client K (docs/validation.md, section 6); or compare a "
+                           f"float64 run, where correct implementations agree to ~1e-15")}
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data: inputs, tolerance, verdict, first divergence, every diff.

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refsim.fedavg import ServerOpt, ServerOptConfig, Weighting
+from refsim.fedavg import ServerOpt, ServerOptConfig, ServerSemantics, Weighting
 from refsim.fedavg.server import init_server_state, server_update, weighted_average
 from refsim.nn import Model
 from refsim.safe_npz import read_npz
@@ -151,7 +151,9 @@ def load_server_inputs(path: str | os.PathLike, model: Model,
 
 
 def _server_opt(d: dict) -> ServerOptConfig:
-    return ServerOptConfig(**{k: ServerOpt(v) if k == "kind" else v for k, v in d.items()})
+    """The trace's ``config["server"]`` (``FedAvgConfig.to_dict``) as a ServerOptConfig."""
+    enums = {"kind": ServerOpt, "semantics": ServerSemantics}
+    return ServerOptConfig(**{k: enums[k](v) if k in enums else v for k, v in d.items()})
 
 
 def _lossless(codec_repr) -> bool:
