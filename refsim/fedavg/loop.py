@@ -167,8 +167,8 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
         done, params, state, saved = load_checkpoint(ckpt)
         if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
             raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
-        check_resumable(ckpt, done, params, state, saved, w0, init_server_state(config.server, w0),
-                        config.rounds)
+        check_resumable(ckpt, done, params, state, saved, w0,
+                        init_server_state(config.server, w0, config.aggregator), config.rounds)
         rows, start = [RoundMetrics.from_dict(d) for d in saved["metrics"]], done + 1
     if trace:
         if run_dir is None:
