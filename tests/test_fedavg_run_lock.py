@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -106,8 +107,10 @@ def test_runs_racing_for_one_stale_lock_get_it_one_at_a_time(tmp_path):
     """
     procs = [_python(racer, tmp_path / "run", go, stop) for _ in range(6)]
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / LOCK_FILE).write_text('{"pid": 999999, "host": "gone", '
-                                              '"started": "then"}\n')
+    # Left by a run killed on this host (a record of another host counts as maybe alive, and
+    # a loser could name it before the winner has written its own).
+    (tmp_path / "run" / LOCK_FILE).write_text(json.dumps(
+        {"pid": 999999, "host": socket.gethostname(), "started": "then"}) + "\n")
     assert [p.stdout.readline() for p in procs] == ["ready\n"] * 6
     go.touch()
     lines = [p.stdout.readline() for p in procs]
