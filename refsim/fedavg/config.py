@@ -272,6 +272,7 @@ class FedAvgConfig:
     downlink: Codec | None = None         # downlink codec of the broadcast weights; None: raw
     eval_every: int = 1                   # centralized test metrics every k rounds (and last)
     eval_holdout: float = 0.0             # fraction of each client held out for federated eval
+    fraction_evaluate: float = 1.0        # share of clients in each federated evaluation
     seed: int = 0                         # in [0, 2**32)
     dtype: DType = DType.FLOAT32
     init: InitScheme = InitScheme.KERAS
@@ -298,6 +299,7 @@ class FedAvgConfig:
                                 f"got {type(value).__name__}")
         check_int("eval_every", self.eval_every, 1)
         _check_real("eval_holdout", self.eval_holdout, 0.0, 1.0, hi_open=True)
+        _check_real("fraction_evaluate", self.fraction_evaluate, 0.0, 1.0, lo_open=True)
         check_int("seed", self.seed, 0, 2**32 - 1)
         _check_enum("dtype", self.dtype, DType)
         _check_enum("init", self.init, InitScheme)

@@ -21,6 +21,9 @@ refsim's exact choices (each stated where it is made below; all in ``docs/fedavg
   trains from what it decoded, w~_t, and sends delta_k = w^k_{t+1} - w~_t, raw or encoded with
   ``seed=quantize_key(seed, t, k)``; the server averages the decoded deltas.
 * w_{t+1} = server_update(w_t, weighted_average(deltas, n_k)); SGD with lr 1 is the paper.
+* Federated evaluation of w_{t+1} (not in Algorithm 1; Flower's ``fraction_evaluate``) runs on
+  every client's held-out examples, or with ``fraction_evaluate`` < 1 on the m_eval =
+  max(floor(fraction_evaluate * K), 1) clients ``sample_clients(..., Purpose.EVAL_SAMPLE)``.
 """
 
 from __future__ import annotations
@@ -47,19 +50,22 @@ from refsim.fedavg.storage import (FORMAT_VERSION, check_resumable, load_checkpo
                                    write_npz)
 from refsim.nn import Model
 
-__all__ = ["sample_clients", "run_round", "finish_round", "run_fedavg"]
+__all__ = ["sample_clients", "evaluation_clients", "run_round", "finish_round", "run_fedavg"]
 
 
-def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> np.ndarray:
+def sample_clients(seed: int, round_: int, num_clients: int, m: int,
+                   purpose: Purpose = Purpose.CLIENT_SAMPLE) -> np.ndarray:
     """S_t: m distinct client ids, ascending (m,) int64.
 
-    ``np.sort(make_rng(seed, Purpose.CLIENT_SAMPLE, t).choice(K, size=m, replace=False))``.
+    ``np.sort(make_rng(seed, purpose, t).choice(K, size=m, replace=False))``; ``purpose`` is
+    CLIENT_SAMPLE for the clients that train in round t, EVAL_SAMPLE for those that evaluate
+    w_{t+1} (``FedAvgConfig.fraction_evaluate`` < 1).
 
     >>> sample_clients(0, 1, 10, 3).tolist() == sorted(
     ...     np.random.default_rng([0, 2, 1]).choice(10, size=3, replace=False).tolist())
     True
     """
-    rng = make_rng(seed, Purpose.CLIENT_SAMPLE, round_)
+    rng = make_rng(seed, purpose, round_)
     return np.sort(rng.choice(num_clients, size=m, replace=False)).astype(np.int64)
 
 
@@ -93,16 +99,35 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
                            "broadcast_bits": m * copy_bits, **facts}
 
 
+def evaluation_clients(config: FedAvgConfig, round_: int, num_clients: int) -> np.ndarray:
+    """The clients that evaluate w_{t+1} in round t, ascending: all K, or with
+    ``config.fraction_evaluate`` < 1 the m_eval = max(floor(fraction_evaluate * K), 1) clients
+    of ``sample_clients(seed, t, K, m_eval, Purpose.EVAL_SAMPLE)`` (Flower's
+    ``fraction_evaluate``; Flower also evaluates at least ``min_evaluate_clients`` = 2).
+
+    >>> cfg = FedAvgConfig(fraction_evaluate=0.5)
+    >>> len(evaluation_clients(cfg, 1, 10)), evaluation_clients(FedAvgConfig(), 1, 3).tolist()
+    (5, [0, 1, 2])
+    """
+    if config.fraction_evaluate == 1.0 or num_clients == 0:
+        return np.arange(num_clients, dtype=np.int64)
+    m_eval = clients_per_round(config.fraction_evaluate, num_clients)
+    return sample_clients(config.seed, round_, num_clients, m_eval, Purpose.EVAL_SAMPLE)
+
+
 def finish_round(round_: int, params, facts: dict, previous: RoundMetrics | None,
                  config: FedAvgConfig, model: Model, data: FedData, eval_x, eval_y,
                  eval_parts) -> RoundMetrics:
     """The metrics row of round t: the facts of ``run_round``, cumulative bits, and at the
     evaluation cadence (t % eval_every == 0, and t = T) w_{t+1} on the test set and the
-    federated evaluation on ``eval_parts`` (index arrays into eval_x / eval_y)."""
+    federated evaluation on ``eval_parts`` (index arrays into eval_x / eval_y), of the clients
+    ``evaluation_clients`` draws."""
     test_loss = test_acc = fed_loss = fed_acc = None
     if round_ % config.eval_every == 0 or round_ == config.rounds:
         test_loss, test_acc = evaluate(model, params, data.x_test, data.y_test)
-        fed_loss, fed_acc = federated_evaluate(model, params, eval_x, eval_y, eval_parts)
+        fed_loss, fed_acc = federated_evaluate(
+            model, params, eval_x, eval_y,
+            [eval_parts[k] for k in evaluation_clients(config, round_, len(eval_parts))])
     up_cum = (previous.uplink_bits_cum if previous else 0) + facts["uplink_bits"]
     down_cum = (previous.broadcast_bits_cum if previous else 0) + facts["broadcast_bits"]
     return RoundMetrics(round=round_, test_loss=test_loss, test_accuracy=test_acc,
