@@ -22,6 +22,7 @@ from refsim.cli.run_tff import (TFF_CODEC, TFF_RUN_DEFAULTS, add_tff_arguments,
 from refsim.data import load_cifar10, load_femnist, load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            Weighting, from_images)
+from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
 from refsim.fedavg.config import check_int
 from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_named,
                                  partition_named)
@@ -48,6 +49,8 @@ RUN_DEFAULTS = {
     "seed": 0, "dataset": "mnist", "data_dir": None, "normalize": None,
     "backend": "numpy", "client_stack": 1, "dtype": "float32", "init": "keras",
     "nan_policy": "raise", "train_limit": None,
+    "client_opt": "sgd", "client_momentum": 0.9, "client_beta1": 0.9, "client_beta2": 0.999,
+    "client_eps": 1e-8, "client_opt_state": "reset",
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
     "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
     **TFF_RUN_DEFAULTS,
@@ -63,7 +66,10 @@ FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--
                "server.beta2": "--server-beta2", "server.tau": "--server-tau",
                "server.bias_correction": "--server-bias-correction", "bits": "--bits",
                "server.semantics": "--server-semantics",
-               "server.initial_preconditioner": "--server-initial-preconditioner"}
+               "server.initial_preconditioner": "--server-initial-preconditioner",
+               "client_opt.momentum": "--client-momentum", "client_opt.beta1": "--client-beta1",
+               "client_opt.beta2": "--client-beta2", "client_opt.eps": "--client-eps",
+               "client_opt.state": "--client-opt-state"}
 GRID_KEYS = ("epochs", "batch_size")  # may be lists: one run per (E, B) pair
 
 
@@ -150,7 +156,8 @@ def settings(args: argparse.Namespace) -> dict:
         for v in s[key]:
             _check_choice(key, v, allowed)
     for key, enum in (("weighting", Weighting), ("server_opt", ServerOpt), ("dtype", DType),
-                      ("init", InitScheme), ("nan_policy", NanPolicy)):
+                      ("init", InitScheme), ("nan_policy", NanPolicy), ("client_opt", ClientOpt),
+                      ("client_opt_state", ClientStatePolicy)):
         _check_choice(key, s[key], tuple(m.value for m in enum))
     _check_choice("plot", s["plot"], ("auto", "yes", "no"))
     for key in ("trace", "resume", "quiet", "server_bias_correction"):  # TOML may give any type
@@ -217,7 +224,10 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
             fraction_evaluate=s["fraction_evaluate"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
             nan_policy=NanPolicy(s["nan_policy"]), backend=s["backend"],
-            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind))
+            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind),
+            client_opt=ClientOptConfig(ClientOpt(s["client_opt"]), s["client_momentum"],
+                                       s["client_beta1"], s["client_beta2"], s["client_eps"],
+                                       ClientStatePolicy(s["client_opt_state"])))
     except (ValueError, TypeError) as e:
         field = str(e).split(" ")[0]
         raise UsageError(f"{FIELD_FLAGS.get(field, field)}: {e}") from None
@@ -334,6 +344,16 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--server-bias-correction", default=S, action="store_true",
         help="adam: Flower FedAdam's bias-corrected server learning rate")
     add_tff_arguments(add, S)
+    add("--client-opt", default=S, choices=[o.value for o in ClientOpt],
+        help="the clients' local optimizer, torch.optim's rules: sgd (default, the paper), "
+             "momentum, adam")
+    add("--client-momentum", default=S, type=float, help="momentum: mu in (0, 1) (default 0.9)")
+    add("--client-beta1", default=S, type=float, help="adam: in [0, 1) (default 0.9)")
+    add("--client-beta2", default=S, type=float, help="adam: in [0, 1) (default 0.999)")
+    add("--client-eps", default=S, type=float, help="adam: > 0 (default 1e-8)")
+    add("--client-opt-state", default=S, choices=[p.value for p in ClientStatePolicy],
+        help="reset: a fresh optimizer state every round (default, Flower's tutorial); keep: "
+             "each client's state carried across rounds (and in checkpoints)")
     add("--bits", default=S, type=int, help="uplink quantizer bits in [1, 16] (default 8)")
     add("--downlink", default=S, choices=DOWNLINKS,
         help="broadcast of the weights: raw (default), float, quant, quant-huffman")

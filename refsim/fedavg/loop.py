@@ -38,6 +38,8 @@ import numpy as np
 from refsim.backend import Purpose, get_xp, make_rng, to_numpy
 from refsim.data.batching import batch_order
 from refsim.fedavg.client import ClientHParams, report_update
+from refsim.fedavg.client_opt import (ClientStatePolicy, client_state_like, join_client_states,
+                                      split_client_states)
 from refsim.fedavg.config import FedAvgConfig, clients_per_round
 from refsim.fedavg.dataset import FedData, holdout_split
 from refsim.fedavg.metrics import History, RoundMetrics, evaluate, federated_evaluate
@@ -83,7 +85,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     K = len(partition)
     m = clients_per_round(config.fraction, K)
     S_t = sample_clients(config.seed, round_, K, m)  # (m,)
-    hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_))
+    hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_),
+                       config.client_opt)
     xp = get_xp(params)
     payload, copy_bits = encode_broadcast(config.downlink, model, params, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
@@ -91,10 +94,17 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     # the paper: here one at a time in ascending id, or side by side (config.client_stack).
     parts = [partition[int(k)] for k in S_t]
     reports = [None] * m
+    # ClientStatePolicy.KEEP: client k resumes its optimizer state from the last round it trained
+    state, kept = split_client_states(state)
+    keep = config.client_opt.state is ClientStatePolicy.KEEP
+    starts = [kept.get(int(k)) for k in S_t] if keep else None
     for i, r in client_updates(w_tilde, data.x_train, data.y_train, parts, hp, config.seed,
-                               round_, S_t, config.client_stack):
+                               round_, S_t, config.client_stack, starts):
         reports[i] = report_update(r, model, config.codec, config.seed, round_, int(S_t[i]))
+        if keep:
+            kept[int(S_t[i])] = r.opt_state
     params, state, facts = aggregate_round(params, state, round_, reports, config, model)
+    state = join_client_states(state, kept)
     return params, state, {"clients": tuple(int(k) for k in S_t), "lr": hp.lr,
                            "broadcast_bits": m * copy_bits, **facts}
 
@@ -192,8 +202,9 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
         done, params, state, saved = load_checkpoint(ckpt)
         if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
             raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
-        check_resumable(ckpt, done, params, state, saved, w0,
-                        init_server_state(config.server, w0, config.aggregator), config.rounds)
+        like = {**init_server_state(config.server, w0, config.aggregator),
+                **client_state_like(config.client_opt, w0, split_client_states(state)[1])}
+        check_resumable(ckpt, done, params, state, saved, w0, like, config.rounds)
         rows, start = [RoundMetrics.from_dict(d) for d in saved["metrics"]], done + 1
     if trace:
         if run_dir is None:
