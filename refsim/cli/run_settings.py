@@ -313,7 +313,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add = run.add_argument
     add("--config", default=None, help="TOML file of settings (keys = flag names with _), or a "
         "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid, "
-        "tff_image_classification, tff_compression, flower_cifar10")
+        "tff_image_classification, tff_compression, flower_cifar10 (needs --data-dir)")
     add("--model", default=S, choices=tuple(MODELS), help=f"default {d['model']}")
     add("--partition", default=S, nargs="+", choices=PARTITIONS,
         help="iid, shards (pathological non-IID) and/or writers (one client per writer); "
