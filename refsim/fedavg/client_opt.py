@@ -20,8 +20,15 @@ Adam (``ClientOpt.ADAM``, Kingma & Ba, ICLR 2015, arXiv:1412.6980, Algorithm 1, 
     w  <- w - (eta / (1 - beta1^s)) * m_s / (sqrt(v_s) / sqrt(1 - beta2^s) + eps)
 
 with m_0 = v_0 = 0. eps is added *outside* the square root, after dividing by the bias
-correction sqrt(1 - beta2^s), as torch does (Kingma & Ba's eps-hat form). TFF's
-``tff.learning.optimizers.build_adam`` differs: see ``docs/fedavg.md``.
+correction sqrt(1 - beta2^s), as torch does (Kingma & Ba's eps-hat form).
+
+TFF's Adam (``ClientOpt.ADAM_TFF``, ``tff.learning.optimizers.build_adam``, TFF's default eps is
+1e-7: give it) adds eps *before* the bias correction and computes in TFF's float32
+hyperparameters (``tff_adam.py``)::
+
+    w <- w - eta sqrt(1 - beta2^s) / (1 - beta1^s) * m_s / (sqrt(v_s) + eps)
+
+The two agree only with eps scaled by sqrt(1 - beta2^s) at every step (``docs/fedavg.md``).
 
 The state (s, and b or m and v) belongs to one client. ``ClientStatePolicy.RESET`` gives
 every client a fresh state in every round (the Flower tutorial; TFF's client optimizers);
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refsim.backend import get_xp
+from refsim.fedavg.tff_adam import tff_adam_step
 from refsim.nn import sgd_step
 
 __all__ = ["ClientOpt", "ClientStatePolicy", "ClientOptConfig", "init_client_state",
@@ -54,6 +62,7 @@ class ClientOpt(enum.Enum):
     SGD = "sgd"
     MOMENTUM = "momentum"
     ADAM = "adam"
+    ADAM_TFF = "adam-tff"
 
 
 class ClientStatePolicy(enum.Enum):
@@ -84,9 +93,9 @@ class ClientOptConfig:
     """
     kind: ClientOpt = ClientOpt.SGD
     momentum: float = 0.9      # mu of MOMENTUM, in (0, 1)
-    beta1: float = 0.9         # ADAM, in [0, 1)
-    beta2: float = 0.999       # ADAM, in [0, 1)
-    eps: float = 1e-8          # ADAM, > 0
+    beta1: float = 0.9         # ADAM, ADAM_TFF, in [0, 1)
+    beta2: float = 0.999       # ADAM, ADAM_TFF, in [0, 1)
+    eps: float = 1e-8          # ADAM (ADAM_TFF: TFF's default is 1e-7), > 0
     state: ClientStatePolicy = ClientStatePolicy.RESET
 
     def __post_init__(self):
@@ -115,6 +124,9 @@ def init_client_state(opt: ClientOptConfig, params) -> dict:
         return {}
     if opt.kind is ClientOpt.MOMENTUM:
         return {"step": np.int64(0), "momentum_buffer": xp.zeros_like(params)}
+    if opt.kind is ClientOpt.ADAM_TFF:
+        return {"step": np.int64(0), "accumulator": xp.zeros_like(params),
+                "preconditioner": xp.zeros_like(params)}
     return {"step": np.int64(0), "exp_avg": xp.zeros_like(params),
             "exp_avg_sq": xp.zeros_like(params)}
 
@@ -132,6 +144,10 @@ def client_opt_step(opt: ClientOptConfig, w, g, lr: float, state: dict):
     if opt.kind is ClientOpt.MOMENTUM:
         buf = g.copy() if s == 1 else f(opt.momentum) * state["momentum_buffer"] + g  # (P,)
         return w - f(lr) * buf, {"step": np.int64(s), "momentum_buffer": buf}
+    if opt.kind is ClientOpt.ADAM_TFF:
+        w, a, p = tff_adam_step(w, g, state["accumulator"], state["preconditioner"], lr,
+                                opt.beta1, opt.beta2, opt.eps, s)
+        return w, {"step": np.int64(s), "accumulator": a, "preconditioner": p}
     xp = get_xp(w)
     m = state["exp_avg"] + f(1.0 - opt.beta1) * (g - state["exp_avg"])  # (P,)
     v = f(opt.beta2) * state["exp_avg_sq"] + f(1.0 - opt.beta2) * (g * g)  # (P,)
