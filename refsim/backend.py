@@ -51,6 +51,7 @@ class Purpose(enum.IntEnum):
     EVAL_SPLIT     5     (client,)                  a client's held-out examples
     DATA           6     ()                         synthetic data generation
     BROADCAST      7     (round,)                   downlink stochastic rounding
+    EVAL_SAMPLE    8     (round,)                   clients in a federated evaluation
     ============== ===== ==================================================
     """
 
@@ -62,6 +63,7 @@ class Purpose(enum.IntEnum):
     EVAL_SPLIT = 5
     DATA = 6
     BROADCAST = 7
+    EVAL_SAMPLE = 8
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -77,6 +79,7 @@ _KEY_NAMES: dict[Purpose, tuple[str, ...]] = {
     Purpose.EVAL_SPLIT: ("client",),
     Purpose.DATA: (),
     Purpose.BROADCAST: ("round",),
+    Purpose.EVAL_SAMPLE: ("round",),
 }
 
 

@@ -1,56 +1,14 @@
 """CIFAR-10 python batches: files written here in the original (Python 2 pickle) format."""
 
-import io
 import os
 import pickle
-import struct
 import tarfile
 
 import numpy as np
 import pytest
+from cifar_files import make_batch, py2_pickle, write_cifar_folder
 
-from refsim.data.cifar import load_cifar10, read_cifar10_batch
-
-
-class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` (BINSTRING) and NumPy globals under ``numpy.core``,
-    as in the files of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-    def save_global(self, obj, name=None):
-        module = getattr(obj, "__module__", "")
-        if module == "numpy._core.multiarray" or module == "numpy":
-            name = name or obj.__qualname__
-            self.write(pickle.GLOBAL + f"{module.replace('numpy._core', 'numpy.core')}\n"
-                       f"{name}\n".encode())
-            self.memoize(obj)
-            return
-        super().save_global(obj, name)
-
-    dispatch[type] = save_global
-
-
-def py2_pickle(obj):
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def make_batch(rng, n):
-    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
-    labels = rng.integers(0, 10, n).tolist()
-    return {b"batch_label": b"training batch 1 of 5", b"labels": labels, b"data": data,
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)]}, data, labels
+from refsim.data.cifar import CIFAR10_MD5, load_cifar10, read_cifar10_batch
 
 
 def test_py2_pickle_uses_old_numpy_module_name():
@@ -73,16 +31,8 @@ def test_read_batch_layout():
 
 @pytest.fixture
 def cifar_folder(tmp_path):
-    rng = np.random.default_rng(1)
     folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    expected = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch, data, labels = make_batch(rng, 3)
-        (folder / name).write_bytes(py2_pickle(batch))
-        expected[name] = (data, labels)
-    (folder / "batches.meta").write_bytes(py2_pickle({b"label_names": [b"airplane"]}))
-    return folder, expected
+    return folder, write_cifar_folder(folder, 3, seed=1)
 
 
 def test_load_folder_and_tarball(cifar_folder, tmp_path):
@@ -142,3 +92,41 @@ def test_python3_protocol_2_bytes_need_a_refused_global():
     raw = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=2)
     with pytest.raises(ValueError, match="_codecs.encode"):
         read_cifar10_batch(raw, "p2")
+
+
+def test_a_batch_of_the_published_size_must_have_the_published_md5(tmp_path):
+    # 10,000 random images: the layout of a published batch, so its MD5 sum is checked
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_folder(folder, 2, seed=3)
+    batch, _, _ = make_batch(np.random.default_rng(4), 10_000)
+    (folder / "data_batch_3").write_bytes(py2_pickle(batch))
+    with pytest.raises(ValueError, match=r"data_batch_3: MD5 [0-9a-f]{32} is not the published "
+                                         r"54ebc095f3ab1f0389bbae665268c751 .* damaged"):
+        load_cifar10(folder)
+    assert CIFAR10_MD5["test_batch"] == "40351d587109b95175f43aff81a1287e"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "random"])
+def test_a_damaged_batch_file_is_one_line_naming_it_or_reads_as_its_own_shape(tmp_path, damage):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_folder(folder, 4, seed=5)
+    path = folder / "data_batch_2"
+    raw = bytearray(path.read_bytes())
+    rng = np.random.default_rng(6)
+    for trial in range(20 if damage in ("flip", "truncate") else 1):
+        bad = bytearray(raw)
+        if damage == "flip":
+            bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+        elif damage == "truncate":
+            bad = bad[:int(rng.integers(len(bad)))]
+        elif damage == "empty":
+            bad = b""
+        else:
+            bad = rng.integers(0, 256, 200).astype(np.uint8).tobytes()
+        path.write_bytes(bytes(bad))
+        try:
+            d = load_cifar10(folder)
+        except ValueError as err:  # one line that names the file
+            assert "data_batch_2" in str(err) and "\n" not in str(err)
+        else:  # a flip in pixel data or a label no checksum covers (no published size here)
+            assert damage == "flip" and d.x_train.shape == (20, 3, 32, 32)

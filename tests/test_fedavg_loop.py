@@ -189,3 +189,23 @@ def test_federated_evaluation_is_example_weighted_over_held_out_data():
     for r in h.rounds:
         assert r.examples == sum(SIZES[k] - n[k] for k in r.clients)
     assert _run(0, rounds=1).rounds[0].fed_eval_accuracy is None
+
+
+def test_fraction_evaluate_evaluates_refsims_draw_of_the_clients():
+    from refsim.fedavg import evaluation_clients, federated_evaluate, holdout_split
+    h = _run(0, eval_holdout=0.3, rounds=2, fraction_evaluate=0.5)
+    model, data = logistic(), _data("float32")
+    _, held = holdout_split(_partition(), 0.3, seed=0)
+    cfg = FedAvgConfig(fraction_evaluate=0.5)
+    drawn = [evaluation_clients(cfg, t, 10).tolist() for t in (1, 2)]
+    assert all(len(d) == 5 and d == sorted(set(d)) for d in drawn) and drawn[0] != drawn[1]
+    assert drawn[0] == np.sort(make_rng(0, Purpose.EVAL_SAMPLE, 1).choice(
+        10, size=5, replace=False)).tolist()
+    expected = federated_evaluate(model, h.params, data.x_train, data.y_train,
+                                  [held[k] for k in drawn[1]])
+    assert (h.rounds[-1].fed_eval_loss, h.rounds[-1].fed_eval_accuracy) == expected
+    everyone = _run(0, eval_holdout=0.3, rounds=2)
+    np.testing.assert_array_equal(everyone.params, h.params)  # training is unchanged
+    assert everyone.rounds[-1].fed_eval_loss != h.rounds[-1].fed_eval_loss
+    with pytest.raises(ValueError, match=r"fraction_evaluate must be in \(0.0, 1.0\]"):
+        FedAvgConfig(fraction_evaluate=0.0)

@@ -24,7 +24,8 @@ from refsim.backend import Purpose, make_rng  # noqa: E402
 from refsim.cli import run_settings  # noqa: E402
 from refsim.cli.flower_app import app_dir  # noqa: E402
 from refsim.fedavg import (ClientHParams, decode_broadcast, encode_broadcast,  # noqa: E402
-                           holdout_split, metrics_csv, run_fedavg, train_client)
+                           evaluation_clients, holdout_split, metrics_csv, run_fedavg,
+                           train_client)
 from refsim.flower import settings, wire  # noqa: E402
 from refsim.flower.serverapp import discover_clients, run_server  # noqa: E402
 from refsim.flower.strategy import RefsimFedAvg  # noqa: E402
@@ -248,6 +249,7 @@ def test_client_app_answers_the_query_and_refuses_messages_for_other_clients():
     {},  # the deployment test's setting: Huffman-coded updates, raw broadcast
     {"codec": "raw", "downlink": "quant-huffman", "partition": "shards", "eval-holdout": 0.2,
      "eval-every": 2, "rounds": 3, "server-opt": "momentum", "server-momentum": 0.9},
+    {"eval-holdout": 0.2, "fraction-evaluate": 0.5, "rounds": 3},  # 1 of 3 clients evaluates
 ])
 def test_flowers_loop_over_the_app_gives_run_fedavg_bit_for_bit(change, tmp_path):
     rc = {**settings.RUN_CONFIG, **SMALL, **change}
@@ -261,9 +263,12 @@ def test_flowers_loop_over_the_app_gives_run_fedavg_bit_for_bit(change, tmp_path
                                   expected.params)
     kinds = [m.metadata.message_type for m in grid.sent]
     m = len(expected.rounds[0].clients)
-    evaluated = sum(r.fed_eval_loss is not None for r in expected.rounds)
+    evaluators = [evaluation_clients(s.config, r.round, 3).tolist() for r in expected.rounds
+                  if r.fed_eval_loss is not None]
     assert kinds.count("query") == 3 and kinds.count("train") == m * s.config.rounds
-    assert kinds.count("evaluate") == 3 * evaluated
+    evaluated_by = [m.metadata.dst_node_id - 100 for m in grid.sent
+                    if m.metadata.message_type == "evaluate"]
+    assert evaluated_by == [k for ks in evaluators for k in ks]
     sent_to = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"]
     assert sent_to == [100 + k for r in expected.rounds for k in r.clients]
 

@@ -386,3 +386,20 @@ def test_a_unit_that_turns_active_in_a_window_of_zeros_is_found_and_explained():
     check = check_step(model, w, candidate.params.astype(np.float32), x, y, 0.1)
     assert check.status == "tie flip", check.note
     assert check.note.startswith("tie flip at conv2 relu: 1 unit")
+
+
+def test_a_trace_of_clients_with_another_optimizer_is_refused_in_one_line(tmp_path, capsys):
+    from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig
+    run = tmp_path / "run"
+    data = from_images(MNIST, np.float32, train_limit=30, test_limit=10)
+    cfg = FedAvgConfig(fraction=1.0, epochs=1, batch_size=10, lr=0.001, rounds=1,
+                       client_opt=ClientOptConfig(ClientOpt.ADAM))
+    run_fedavg(cfg, mlp_2nn(), data, [np.arange(0, 15), np.arange(15, 30)], run_dir=run,
+               trace=True)
+    w0 = np.load(run / "trace" / "init.npz")["weights"]
+    np.savez(tmp_path / "c.npz", step_0=w0, step_1=w0)
+    assert main(["compare-steps", str(tmp_path / "c.npz"), str(run), "--round", "1",
+                 "--client", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "clients step with 'adam' (client_opt); compare-steps checks plain SGD steps only" \
+        in err and len(err.strip().splitlines()) == 1

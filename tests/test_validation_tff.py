@@ -23,6 +23,7 @@ Relative differences are per tensor: max |a - b| / max |b|, the worst over tenso
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -38,6 +39,7 @@ from refsim.fedavg import (DType, FedAvgConfig, RobustAggregator, ServerOptConfi
                            from_images, run_fedavg)
 from refsim.fedavg.robust import (TFF_CLIPPING, TFF_ZEROING, init_robust_state, robust_mean,
                                   tf_sum_f32)
+from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig
 from refsim.fedavg.server_tff import tff_normalized_lr
 from refsim.validation.step_inputs import load_client_round, load_steps
 from refsim.validation.steps import check_client_steps
@@ -172,6 +174,13 @@ def _build(job: TFFJob) -> None:
     _fedavg_case(job, "server_sgdm_f32", "logistic",
                  _base("float32", rounds=5, server=ServerOptConfig.tff_sgdm(1.0, 0.9)),
                  server={"kind": "sgdm", "learning_rate": 1.0, "momentum": 0.9})
+    # TFF's client build_adam (a fresh state every round): refsim's adam-tff, 3 rounds. Adam
+    # divides by sqrt(v) + eps, so a gradient entry far below eps... far above it moves its
+    # weight by ~lr whatever its size, and the last bits of a tiny, cancelling gradient sum
+    # reach the weights: with TFF's eps 1e-7 the rounds part by 1.1e-12; eps 1e-4 damps it.
+    _fedavg_case(job, "client_adam_tff", "logistic",
+                 _base(lr=0.0625, client_opt=ClientOptConfig(ClientOpt.ADAM_TFF, eps=1e-4)),
+                 client={"kind": "adam", "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-4})
     # The robust aggregator inside FedAvg: every client each round, client 3's images x300.
     _fedavg_case(job, "robust_fedavg", "logistic",
                  _base(fraction=1.0, rounds=5, aggregator=RobustAggregator()),
@@ -260,7 +269,7 @@ def tff(tmp_path_factory):
 F32_ULP = 2.0 ** -23  # relative spacing of float32 numbers near 1 (at most)
 FEDAVG = ["fedavg_2nn_f64", "fedavg_cnn_f64", "fedavg_logistic_f64_decay", "fedavg_2nn_f32",
           "fedavg_logistic_f32", "lr005_float64", "server_sgdm", "server_adam", "server_yogi",
-          "server_adagrad", "server_sgdm_f32", "robust_fedavg"]
+          "server_adagrad", "server_sgdm_f32", "robust_fedavg", "client_adam_tff"]
 WITH_EVAL = ["fedavg_2nn_f64", "fedavg_cnn_f64", "fedavg_logistic_f64_decay", "fedavg_2nn_f32",
              "fedavg_logistic_f32"]
 
@@ -710,3 +719,14 @@ def test_tf_float32_arithmetic_that_refsim_reproduces(tff):
             assert abs(ours_q - theirs) <= abs(theirs) * F32_ULP, (q, ours_q, theirs)
     record(FIGURES, "tf_exp_one_ulp_off", off)
     assert all(m >= 15 for _, m, _ in off), off
+
+
+def test_torchs_client_adam_is_not_tffs(tff):
+    """refsim's ``adam`` (torch.optim.Adam) with TFF's hyperparameters parts from TFF's client
+    build_adam (eps before the bias correction), by far more than the 1e-12 adam-tff meets."""
+    cfg, h, model, data, parts = tff.refsim["client_adam_tff"]
+    torch_like = dataclasses.replace(cfg, client_opt=ClientOptConfig(ClientOpt.ADAM, eps=1e-4))
+    ht = run_fedavg(torch_like, model, data, parts)
+    rel = _round_rel(tff, "client_adam_tff", model, cfg.rounds, ht.params)
+    record(FIGURES, "client_adam_torch_vs_tff", rel)
+    assert rel > 1e-6

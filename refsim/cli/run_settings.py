@@ -19,9 +19,10 @@ import numpy as np
 from refsim.cli._common import UsageError, flag
 from refsim.cli.run_tff import (TFF_CODEC, TFF_RUN_DEFAULTS, add_tff_arguments,
                                      aggregator_config, check_tff_settings, server_config)
-from refsim.data import load_femnist, load_mnist
+from refsim.data import load_cifar10, load_femnist, load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            Weighting, from_images)
+from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
 from refsim.fedavg.config import check_int
 from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_named,
                                  partition_named)
@@ -30,7 +31,9 @@ __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_pa
            "make_data", "load_images", "eval_partition", "batch_label", "default_out",
            "add_arguments"]
 
-DATASETS = ("mnist", "femnist")
+DATASETS = ("mnist", "femnist", "cifar10")
+# The model input each dataset gives (C, H, W).
+DATASET_INPUT = {"mnist": (1, 28, 28), "femnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 PARTITIONS = PARTITION_NAMES
 CODECS = tuple(c for c in CODEC_NAMES if c != "raw") + (TFF_CODEC,)  # uplink: refsim's format
 DOWNLINKS = CODEC_NAMES
@@ -42,9 +45,12 @@ RUN_DEFAULTS = {
     "lr": 0.1, "lr_decay": 1.0, "rounds": 50, "weighting": "examples", "server_opt": "sgd",
     "server_lr": 1.0, "server_momentum": 0.0, "server_beta1": None, "server_beta2": None,
     "server_tau": None, "server_bias_correction": False, "bits": 8, "downlink": "raw",
-    "downlink_bits": 8, "eval_every": 1, "eval_holdout": 0.0, "seed": 0, "dataset": "mnist",
+    "downlink_bits": 8, "eval_every": 1, "eval_holdout": 0.0, "fraction_evaluate": 1.0,
+    "seed": 0, "dataset": "mnist", "data_dir": None, "normalize": None,
     "backend": "numpy", "client_stack": 1, "dtype": "float32", "init": "keras",
     "nan_policy": "raise", "train_limit": None,
+    "client_opt": "sgd", "client_momentum": 0.9, "client_beta1": 0.9, "client_beta2": 0.999,
+    "client_eps": 1e-8, "client_opt_state": "reset",
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
     "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
     **TFF_RUN_DEFAULTS,
@@ -52,14 +58,18 @@ RUN_DEFAULTS = {
 # The flag that sets each FedAvgConfig field (validation errors name the flag).
 FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--batch-size",
                "lr": "--lr", "lr_decay": "--lr-decay", "rounds": "--rounds",
-               "eval_every": "--eval-every", "eval_holdout": "--eval-holdout", "seed": "--seed",
+               "eval_every": "--eval-every", "eval_holdout": "--eval-holdout",
+               "fraction_evaluate": "--fraction-evaluate", "seed": "--seed",
                "backend": "--backend", "client_stack": "--client-stack",
                "server.lr": "--server-lr",
                "server.momentum": "--server-momentum", "server.beta1": "--server-beta1",
                "server.beta2": "--server-beta2", "server.tau": "--server-tau",
                "server.bias_correction": "--server-bias-correction", "bits": "--bits",
                "server.semantics": "--server-semantics",
-               "server.initial_preconditioner": "--server-initial-preconditioner"}
+               "server.initial_preconditioner": "--server-initial-preconditioner",
+               "client_opt.momentum": "--client-momentum", "client_opt.beta1": "--client-beta1",
+               "client_opt.beta2": "--client-beta2", "client_opt.eps": "--client-eps",
+               "client_opt.state": "--client-opt-state"}
 GRID_KEYS = ("epochs", "batch_size")  # may be lists: one run per (E, B) pair
 
 
@@ -146,7 +156,8 @@ def settings(args: argparse.Namespace) -> dict:
         for v in s[key]:
             _check_choice(key, v, allowed)
     for key, enum in (("weighting", Weighting), ("server_opt", ServerOpt), ("dtype", DType),
-                      ("init", InitScheme), ("nan_policy", NanPolicy)):
+                      ("init", InitScheme), ("nan_policy", NanPolicy), ("client_opt", ClientOpt),
+                      ("client_opt_state", ClientStatePolicy)):
         _check_choice(key, s[key], tuple(m.value for m in enum))
     _check_choice("plot", s["plot"], ("auto", "yes", "no"))
     for key in ("trace", "resume", "quiet", "server_bias_correction"):  # TOML may give any type
@@ -161,6 +172,7 @@ def settings(args: argparse.Namespace) -> dict:
     _check_int("downlink_bits", s["downlink_bits"], 1, 16)
     if s["dataset"] == "femnist" and s["partition"] != ["writers"]:
         raise UsageError("--partition: FEMNIST is split by writer: use --partition writers")
+    _check_data_source(s)
     _check_int("trace_every", s["trace_every"], 1)
     for key in ("train_limit", "test_limit"):
         if s[key] is not None:
@@ -169,6 +181,28 @@ def settings(args: argparse.Namespace) -> dict:
             isinstance(t, (int, float)) and 0 < t <= 1 for t in s["targets"]):
         raise UsageError(f"--targets: accuracies in (0, 1], got {s['targets']!r}")
     return s
+
+
+def _check_data_source(s: dict) -> None:
+    """--data-dir (a dataset refsim does not ship), --normalize, and a model that fits."""
+    if s["dataset"] == "cifar10":
+        if not isinstance(s["data_dir"], str):
+            raise UsageError("--data-dir: CIFAR-10 is not shipped: give the folder "
+                             "cifar-10-batches-py or cifar-10-python.tar.gz (README.md)")
+        if "writers" in s["partition"]:
+            raise UsageError("--partition: CIFAR-10 has no writers: use iid or shards")
+    elif s["data_dir"] is not None:
+        raise UsageError(f"--data-dir: {s['dataset']} is embedded; --data-dir is for cifar10")
+    norm = s["normalize"]
+    if norm is not None and not (
+            isinstance(norm, list) and len(norm) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm)
+            and norm[1] > 0):
+        raise UsageError(f"--normalize: expected MEAN STD with STD > 0, got {norm!r}")
+    shape = MODELS[s["model"]]().input_shape
+    if shape != DATASET_INPUT[s["dataset"]]:
+        raise UsageError(f"--model: {s['model']} takes inputs {shape}, {s['dataset']} gives "
+                         f"{DATASET_INPUT[s['dataset']]}")
 
 
 def grid(s: dict) -> list[tuple[int, int | None]]:
@@ -186,11 +220,14 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
             fraction=s["fraction"], epochs=epochs, batch_size=batch_size, lr=s["lr"],
             lr_decay=s["lr_decay"], rounds=s["rounds"], weighting=Weighting(s["weighting"]),
             server=server, codec=codec, downlink=codec_named(s["downlink"], s["downlink_bits"]),
-            eval_every=s["eval_every"],
-            eval_holdout=s["eval_holdout"], seed=s["seed"],
+            eval_every=s["eval_every"], eval_holdout=s["eval_holdout"],
+            fraction_evaluate=s["fraction_evaluate"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
             nan_policy=NanPolicy(s["nan_policy"]), backend=s["backend"],
-            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind))
+            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind),
+            client_opt=ClientOptConfig(ClientOpt(s["client_opt"]), s["client_momentum"],
+                                       s["client_beta1"], s["client_beta2"], s["client_eps"],
+                                       ClientStatePolicy(s["client_opt_state"])))
     except (ValueError, TypeError) as e:
         field = str(e).split(" ")[0]
         raise UsageError(f"{FIELD_FLAGS.get(field, field)}: {e}") from None
@@ -207,10 +244,17 @@ def make_partition(kind: str, s: dict, labels: np.ndarray, writers: np.ndarray |
         raise UsageError(f"--clients/--shards-per-client/--train-limit: {e}") from None
 
 
-def load_images(dataset: str):
-    """The uint8 images of ``dataset`` as ``refsim run`` trains on them (``make_data``)."""
+def load_images(dataset: str, data_dir: str | None = None):
+    """The uint8 images of ``dataset`` as ``refsim run`` trains on them (``make_data``);
+    cifar10 is read from ``data_dir`` (``load_cifar10``: restricted unpickler, published MD5
+    sums), and a damaged or missing file is a UsageError naming it."""
     if dataset == "mnist":
         return load_mnist()
+    if dataset == "cifar10":
+        try:
+            return load_cifar10(data_dir)
+        except ValueError as e:
+            raise UsageError(f"--data-dir: {e}") from None
     if dataset != "femnist":
         raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     images = load_femnist(only_digits=True)
@@ -223,10 +267,13 @@ def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
     mnist: the embedded MNIST with its QMNIST writers (train and test writers are disjoint).
     femnist: the embedded FEMNIST subset, digits only (the models have 10 outputs), inverted
     to MNIST's white-on-black (255 - x); train and test share writers.
+    cifar10: the batches in ``--data-dir``, no writers. ``--normalize MEAN STD`` standardises
+    x / 255 per channel (the Flower CIFAR-10 tutorial: 0.5 0.5).
     ``--train-limit`` / ``--test-limit`` keep the first examples (and their writers).
     """
-    images = load_images(s["dataset"])
-    data = from_images(images, DType(s["dtype"]).np, s["train_limit"], s["test_limit"])
+    images = load_images(s["dataset"], s["data_dir"])
+    norm = None if s["normalize"] is None else tuple(float(v) for v in s["normalize"])
+    data = from_images(images, DType(s["dtype"]).np, s["train_limit"], s["test_limit"], norm)
     writers_train, writers_test = images.groups_train, images.groups_test
     if writers_train is not None:
         writers_train = writers_train[:s["train_limit"]]
@@ -266,7 +313,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add = run.add_argument
     add("--config", default=None, help="TOML file of settings (keys = flag names with _), or a "
         "shipped config: mnist_2nn_iid, mnist_2nn_noniid, mnist_cnn_iid, mnist_cnn_noniid, "
-        "tff_image_classification, tff_compression")
+        "tff_image_classification, tff_compression, flower_cifar10 (needs --data-dir)")
     add("--model", default=S, choices=tuple(MODELS), help=f"default {d['model']}")
     add("--partition", default=S, nargs="+", choices=PARTITIONS,
         help="iid, shards (pathological non-IID) and/or writers (one client per writer); "
@@ -297,13 +344,27 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--server-bias-correction", default=S, action="store_true",
         help="adam: Flower FedAdam's bias-corrected server learning rate")
     add_tff_arguments(add, S)
+    add("--client-opt", default=S, choices=[o.value for o in ClientOpt],
+        help="the clients' local optimizer, torch.optim's rules: sgd (default, the paper), "
+             "momentum, adam")
+    add("--client-momentum", default=S, type=float, help="momentum: mu in (0, 1) (default 0.9)")
+    add("--client-beta1", default=S, type=float, help="adam: in [0, 1) (default 0.9)")
+    add("--client-beta2", default=S, type=float, help="adam: in [0, 1) (default 0.999)")
+    add("--client-eps", default=S, type=float, help="adam: > 0 (default 1e-8)")
+    add("--client-opt-state", default=S, choices=[p.value for p in ClientStatePolicy],
+        help="reset: a fresh optimizer state every round (default, Flower's tutorial); keep: "
+             "each client's state carried across rounds (and in checkpoints)")
     add("--bits", default=S, type=int, help="uplink quantizer bits in [1, 16] (default 8)")
     add("--downlink", default=S, choices=DOWNLINKS,
         help="broadcast of the weights: raw (default), float, quant, quant-huffman")
     add("--downlink-bits", default=S, type=int, help="downlink quantizer bits (default 8)")
     add("--dataset", default=S, choices=DATASETS,
-        help="mnist (default) or femnist (digits only, one client per writer, federated "
-             "evaluation on each writer's test examples)")
+        help="mnist (default), femnist (digits only, one client per writer, federated "
+             "evaluation on each writer's test examples) or cifar10 (needs --data-dir)")
+    add("--data-dir", default=S,
+        help="cifar10: the cifar-10-batches-py folder or cifar-10-python.tar.gz")
+    add("--normalize", default=S, type=float, nargs=2, metavar=("MEAN", "STD"),
+        help="(x / 255 - MEAN) / STD on every channel (default none)")
     add("--backend", default=S, choices=("numpy", "cupy"), help="array backend (default numpy)")
     add("--client-stack", default=S, type=int,
         help="train up to N equal-sized clients side by side (default 1: one at a time; "
@@ -311,6 +372,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--eval-every", default=S, type=int, help="test-set evaluation cadence (default 1)")
     add("--eval-holdout", default=S, type=float,
         help="fraction in [0, 1) of each client held out for federated evaluation (default 0)")
+    add("--fraction-evaluate", default=S, type=float,
+        help="share in (0, 1] of the clients in each federated evaluation, drawn by refsim's "
+             "rule (Flower's fraction_evaluate; default 1: all)")
     add("--seed", default=S, type=int, help="in [0, 2**32) (default 0)")
     add("--dtype", default=S, choices=[t.value for t in DType])
     add("--init", default=S, choices=[t.value for t in InitScheme])

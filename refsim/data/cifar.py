@@ -10,11 +10,19 @@ Pickles can run arbitrary code, so :class:`CifarUnpickler` resolves only the glo
 array needs (``_reconstruct``, ``ndarray``, ``dtype`` from numpy's multiarray, under the
 numpy 1 and numpy 2 module names) and refuses every other global with ``ValueError``.
 Everything else in the files is plain dicts, lists, ints and strings, which need no globals.
-The 163 MB archive is not shipped; bring ``cifar-10-python.tar.gz`` or its extracted folder.
+The 163 MB archive is not shipped; bring ``cifar-10-python.tar.gz`` or its extracted folder
+(torchvision's ``CIFAR10(root, download=True)`` writes ``root/cifar-10-batches-py``).
+
+Integrity: a batch of the published layout (10,000 images) must have the published MD5 sum
+(``CIFAR10_MD5``, the sums torchvision checks), so a damaged copy of the real files is named
+with the failed check before anything is decoded into a run. A CIFAR-format batch of any
+other size (a subset, or the small synthetic folders the tests write) has no published sum;
+it is decoded with every structural check only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -24,7 +32,7 @@ import numpy as np
 
 from refsim.data.datasets import ImageData
 
-__all__ = ["CifarUnpickler", "read_cifar10_batch", "load_cifar10"]
+__all__ = ["CIFAR10_MD5", "CifarUnpickler", "read_cifar10_batch", "load_cifar10"]
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
@@ -34,6 +42,17 @@ _ALLOWED = {
 }
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST = "test_batch"
+# The published MD5 sums of the batch files of cifar-10-python.tar.gz (those torchvision's
+# CIFAR10 checks); every published batch holds 10,000 images.
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+PUBLISHED_BATCH_SIZE = 10_000
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -115,8 +134,25 @@ def _read_members(path: str, names: list[str]) -> dict[str, bytes]:
         raise ValueError(f"{path}: not a readable CIFAR-10 folder or tar archive ({err})") from None
 
 
+def _read_checked(raw: bytes, member: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_cifar10_batch`, then the published MD5 sum for a batch of the published
+    size (a damaged real batch fails here even where its pickle still decodes)."""
+    x, y = read_cifar10_batch(raw, name)
+    if len(y) == PUBLISHED_BATCH_SIZE:
+        digest = hashlib.md5(raw).hexdigest()
+        if digest != CIFAR10_MD5[member]:
+            raise ValueError(f"{name}: MD5 {digest} is not the published {CIFAR10_MD5[member]} "
+                             "of this CIFAR-10 batch: the file is damaged; download "
+                             "cifar-10-python.tar.gz again")
+    return x, y
+
+
 def load_cifar10(path: str | os.PathLike):
     """CIFAR-10 from ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py`` folder.
+
+    Every batch is decoded with the restricted unpickler and checked (layout, dtype, labels);
+    a batch of 10,000 images must also have its published MD5 sum (``CIFAR10_MD5``).
+    A missing, damaged or foreign file raises ValueError naming the file and the check.
 
     Returns
     -------
@@ -125,8 +161,8 @@ def load_cifar10(path: str | os.PathLike):
     """
     path = os.fspath(path)
     raw = _read_members(path, _TRAIN + [_TEST])
-    train = [read_cifar10_batch(raw[n], f"{path}:{n}") for n in _TRAIN]
-    x_test, y_test = read_cifar10_batch(raw[_TEST], f"{path}:{_TEST}")
+    train = [_read_checked(raw[n], n, f"{path}:{n}") for n in _TRAIN]
+    x_test, y_test = _read_checked(raw[_TEST], _TEST, f"{path}:{_TEST}")
     return ImageData(x_train=np.concatenate([x for x, _ in train]),
                      y_train=np.concatenate([y for _, y in train]),
                      x_test=x_test, y_test=y_test)

@@ -6,7 +6,8 @@ from refsim.fedavg.client import (ClientHParams, ClientReport, ClientResult, Non
 from refsim.fedavg.config import (DType, FedAvgConfig, InitScheme, NanPolicy, ServerOpt,
                                   ServerOptConfig, ServerSemantics, Weighting, clients_per_round)
 from refsim.fedavg.dataset import FedData, from_images, holdout_split
-from refsim.fedavg.loop import finish_round, run_fedavg, run_round, sample_clients
+from refsim.fedavg.loop import (evaluation_clients, finish_round, run_fedavg, run_round,
+                                sample_clients)
 from refsim.fedavg.metrics import (History, RoundMetrics, evaluate, federated_evaluate,
                                    metrics_csv, metrics_jsonl, rounds_to_targets)
 from refsim.fedavg.robust import AdaptiveNorm, RobustAggregator
@@ -24,7 +25,7 @@ __all__ = [
     "weighted_average", "init_server_state", "server_update", "aggregate_round",
     "encode_tensors", "decode_tensors", "encode_update", "encode_broadcast", "decode_broadcast",
     "FedData", "from_images", "holdout_split",
-    "sample_clients", "run_round", "finish_round", "run_fedavg",
+    "sample_clients", "evaluation_clients", "run_round", "finish_round", "run_fedavg",
     "History", "RoundMetrics", "evaluate", "federated_evaluate", "metrics_csv", "metrics_jsonl",
     "rounds_to_targets",
 ]

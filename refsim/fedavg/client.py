@@ -30,8 +30,9 @@ import numpy as np
 from refsim.backend import get_xp
 from refsim.compress import Codec
 from refsim.data.batching import batch_order, batch_slices
+from refsim.fedavg.client_opt import ClientOptConfig, client_opt_step, init_client_state
 from refsim.fedavg.transport import encode_update
-from refsim.nn import Model, sgd_step
+from refsim.nn import Model
 from refsim.nn.loss import check_labels
 
 __all__ = ["ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateError",
@@ -40,11 +41,13 @@ __all__ = ["ClientHParams", "ClientResult", "ClientReport", "NonFiniteUpdateErro
 
 @dataclass(frozen=True)
 class ClientHParams:
-    """What a client needs to train: its model, E, B (None = whole client) and eta."""
+    """What a client needs to train: its model, E, B (None = whole client), eta, and the
+    optimizer of its local steps (``client_opt``; plain SGD, the paper's, by default)."""
     model: Model
     epochs: int
     batch_size: int | None
     lr: float
+    opt: ClientOptConfig = ClientOptConfig()
 
 
 class NonFiniteUpdateError(ValueError):
@@ -60,6 +63,7 @@ class ClientResult(NamedTuple):
     loss_sum     sum over the local minibatches of |b| * mean loss (float64)
     num_correct  correct argmax predictions over the same minibatches
     num_seen     sum of |b| = E * n_k
+    opt_state    the client optimizer's state after the last step ({} for SGD)
     """
     delta: np.ndarray
     num_examples: int
@@ -67,10 +71,12 @@ class ClientResult(NamedTuple):
     loss_sum: float
     num_correct: int
     num_seen: int
+    opt_state: dict = {}
 
 
 def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
-                  hparams: ClientHParams, seed: int, round: int, client: int) -> ClientResult:
+                  hparams: ClientHParams, seed: int, round: int, client: int,
+                  opt_state: dict | None = None) -> ClientResult:
     """Run ClientUpdate(k, w) and return its :class:`ClientResult`.
 
     Parameters
@@ -81,6 +87,8 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     indices : ndarray, shape (n_k,) int   client k's examples (rows of x)
     hparams : ClientHParams
     seed, round, client : int   keys of the batch order (round is the 1-based round t)
+    opt_state : the client optimizer's state to start from (``ClientStatePolicy.KEEP``), or
+        None for a fresh one (``client_opt.init_client_state``)
 
     The client's images and labels are checked once (:func:`check_client_data`), not at
     every step. The batches are those of ``client_batches``: the order (E, n_k) is drawn on the
@@ -91,19 +99,21 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
     check_client_data(hparams.model, x, y, indices)
     order = xp.asarray(batch_order(indices, hparams.epochs, seed, round, client))  # (E, n_k)
     w = params.copy()  # (P,)
+    state = init_client_state(hparams.opt, params) if opt_state is None else opt_state
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0  # device scalars on a GPU
-    for epoch_order in order:
+    for epoch_order in order:  # w <- w - eta * g with plain SGD (``client_opt``: the others)
         for start, stop in batch_slices(order.shape[1], hparams.batch_size):
             rows = epoch_order[start:stop]  # (b,) this batch's examples
             yb = y[rows]
             loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
                                                                     check_values=False)
-            w = sgd_step(w, grad, hparams.lr)  # (P,)
+            w, state = client_opt_step(hparams.opt, w, grad, hparams.lr, state)  # (P,)
             loss_sum += (stop - start) * loss
             correct += (logits.argmax(axis=1) == yb).sum()
             seen += stop - start
             steps += 1
-    return ClientResult(w - params, int(len(indices)), steps, float(loss_sum), int(correct), seen)
+    return ClientResult(w - params, int(len(indices)), steps, float(loss_sum), int(correct), seen,
+                        state)
 
 
 def check_client_data(model: Model, x, y, indices) -> None:

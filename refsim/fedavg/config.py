@@ -11,7 +11,8 @@ AISTATS 2017, arXiv:1602.05629, Algorithm 1. The paper's hyperparameters map to 
 K (the number of clients) is not a field: it is the length of the partition the run is given.
 The server step is ``w <- w - server_opt(-mean delta)``; :class:`ServerOptConfig` with
 ``ServerOpt.SGD`` and ``lr=1.0`` is exactly FedAvg; its ``semantics`` picks Flower's formulas
-(the default, ``server.py``) or TFF's (``server_tff.py``). ``aggregator`` replaces the weighted
+(the default, ``server.py``) or TFF's (``server_tff.py``). ``client_opt`` replaces the clients'
+plain SGD by momentum or Adam (``client_opt.py``). ``aggregator`` replaces the weighted
 mean by TFF's robust (or compression) aggregator (``robust.py``). Everything is validated once, in
 ``__post_init__``; errors name the field and its allowed range.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refsim.compress import Codec
+from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig
 from refsim.fedavg.robust import RobustAggregator
 
 __all__ = ["Weighting", "NanPolicy", "DType", "InitScheme", "ServerOpt", "ServerSemantics",
@@ -272,6 +274,7 @@ class FedAvgConfig:
     downlink: Codec | None = None         # downlink codec of the broadcast weights; None: raw
     eval_every: int = 1                   # centralized test metrics every k rounds (and last)
     eval_holdout: float = 0.0             # fraction of each client held out for federated eval
+    fraction_evaluate: float = 1.0        # share of clients in each federated evaluation
     seed: int = 0                         # in [0, 2**32)
     dtype: DType = DType.FLOAT32
     init: InitScheme = InitScheme.KERAS
@@ -279,6 +282,7 @@ class FedAvgConfig:
     backend: str = "numpy"                # "numpy" or "cupy" (weights and data on the GPU)
     client_stack: int = 1                 # train up to this many equal-sized clients side by side
     aggregator: RobustAggregator | None = None  # None: the weighted mean; else TFF's robust one
+    client_opt: ClientOptConfig = field(default_factory=ClientOptConfig)  # local steps' optimizer
 
     def __post_init__(self):
         _check_real("fraction", self.fraction, 0.0, 1.0)
@@ -298,6 +302,7 @@ class FedAvgConfig:
                                 f"got {type(value).__name__}")
         check_int("eval_every", self.eval_every, 1)
         _check_real("eval_holdout", self.eval_holdout, 0.0, 1.0, hi_open=True)
+        _check_real("fraction_evaluate", self.fraction_evaluate, 0.0, 1.0, lo_open=True)
         check_int("seed", self.seed, 0, 2**32 - 1)
         _check_enum("dtype", self.dtype, DType)
         _check_enum("init", self.init, InitScheme)
@@ -309,6 +314,12 @@ class FedAvgConfig:
         if self.aggregator is not None and not isinstance(self.aggregator, RobustAggregator):
             raise TypeError(f"aggregator must be a RobustAggregator or None, got "
                             f"{type(self.aggregator).__name__}")
+        if not isinstance(self.client_opt, ClientOptConfig):
+            raise TypeError(f"client_opt must be a ClientOptConfig, got "
+                            f"{type(self.client_opt).__name__}")
+        if self.client_opt.kind is not ClientOpt.SGD and self.client_stack > 1:
+            raise ValueError("client_stack > 1 trains clients side by side with plain SGD only; "
+                             f"client_opt {self.client_opt.kind.value} needs client_stack 1")
         if (self.aggregator is not None and self.aggregator.codec is not None
                 and self.codec is not None):
             raise ValueError("codec must be None when the aggregator compresses "
@@ -330,7 +341,7 @@ class FedAvgConfig:
                      "beta1": v.beta1, "beta2": v.beta2, "tau": v.tau,
                      "bias_correction": v.bias_correction, "semantics": v.semantics.value,
                      "initial_preconditioner": v.initial_preconditioner}
-            elif isinstance(v, RobustAggregator):
+            elif isinstance(v, (RobustAggregator, ClientOptConfig)):
                 v = v.to_dict()
             elif isinstance(v, Codec):
                 v = repr(v)

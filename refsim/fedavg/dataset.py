@@ -2,7 +2,8 @@
 
 McMahan et al., AISTATS 2017, arXiv:1602.05629, Sec. 3 trains on MNIST; this module only
 converts the uint8 images of ``refsim.data`` explicitly (x / 255, no standardisation, as the
-paper does not mention one) and adds the channel axis.
+paper does not mention one; the Flower CIFAR-10 tutorial's Normalize on request) and adds the
+channel axis of grey images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refsim.backend import Purpose, make_rng
-from refsim.data import ImageData, to_float
+from refsim.data import ImageData, standardize, to_float
 
 __all__ = ["FedData", "from_images", "holdout_split"]
 
@@ -26,16 +27,27 @@ class FedData(NamedTuple):
 
 
 def from_images(data: ImageData, dtype=np.float32, train_limit: int | None = None,
-                test_limit: int | None = None) -> FedData:
-    """uint8 (N, H, W) images -> ``to_float`` (x / 255) as (N, 1, H, W) of ``dtype``.
+                test_limit: int | None = None,
+                normalize: tuple[float, float] | None = None) -> FedData:
+    """uint8 images -> ``to_float`` (x / 255) as NCHW ``dtype`` arrays.
 
-    ``train_limit`` / ``test_limit`` keep the first that many examples (small test runs).
+    Grey images (N, H, W) gain a channel axis, (N, 1, H, W); colour images come as
+    (N, C, H, W) (CIFAR-10) and keep their shape. ``normalize = (mean, std)`` then applies
+    ``standardize``, (x / 255 - mean) / std in ``dtype``, to every channel (torchvision's
+    ``Normalize((mean,) * C, (std,) * C)`` after ``ToTensor``; the Flower CIFAR-10 tutorial
+    uses (0.5, 0.5)). ``train_limit`` / ``test_limit`` keep the first that many examples.
     """
     dtype = np.dtype(dtype).type  # to_float wants the scalar type (np.float32)
     xtr, ytr = data.x_train[:train_limit], data.y_train[:train_limit]
     xte, yte = data.x_test[:test_limit], data.y_test[:test_limit]
-    return FedData(to_float(xtr, dtype)[:, None], np.asarray(ytr, np.int64),
-                   to_float(xte, dtype)[:, None], np.asarray(yte, np.int64))
+
+    def convert(x):
+        x = to_float(x, dtype)
+        x = x[:, None] if x.ndim == 3 else x  # (N, C, H, W)
+        return x if normalize is None else standardize(x, *normalize)
+
+    return FedData(convert(xtr), np.asarray(ytr, np.int64),
+                   convert(xte), np.asarray(yte, np.int64))
 
 
 def holdout_split(partition, fraction: float, seed: int):

@@ -21,6 +21,9 @@ refsim's exact choices (each stated where it is made below; all in ``docs/fedavg
   trains from what it decoded, w~_t, and sends delta_k = w^k_{t+1} - w~_t, raw or encoded with
   ``seed=quantize_key(seed, t, k)``; the server averages the decoded deltas.
 * w_{t+1} = server_update(w_t, weighted_average(deltas, n_k)); SGD with lr 1 is the paper.
+* Federated evaluation of w_{t+1} (not in Algorithm 1; Flower's ``fraction_evaluate``) runs on
+  every client's held-out examples, or with ``fraction_evaluate`` < 1 on the m_eval =
+  max(floor(fraction_evaluate * K), 1) clients ``sample_clients(..., Purpose.EVAL_SAMPLE)``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 from refsim.backend import Purpose, get_xp, make_rng, to_numpy
 from refsim.data.batching import batch_order
 from refsim.fedavg.client import ClientHParams, report_update
+from refsim.fedavg.client_opt import (ClientStatePolicy, client_state_like, join_client_states,
+                                      split_client_states)
 from refsim.fedavg.config import FedAvgConfig, clients_per_round
 from refsim.fedavg.dataset import FedData, holdout_split
 from refsim.fedavg.metrics import History, RoundMetrics, evaluate, federated_evaluate
@@ -47,19 +52,22 @@ from refsim.fedavg.storage import (FORMAT_VERSION, check_resumable, load_checkpo
                                    write_npz)
 from refsim.nn import Model
 
-__all__ = ["sample_clients", "run_round", "finish_round", "run_fedavg"]
+__all__ = ["sample_clients", "evaluation_clients", "run_round", "finish_round", "run_fedavg"]
 
 
-def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> np.ndarray:
+def sample_clients(seed: int, round_: int, num_clients: int, m: int,
+                   purpose: Purpose = Purpose.CLIENT_SAMPLE) -> np.ndarray:
     """S_t: m distinct client ids, ascending (m,) int64.
 
-    ``np.sort(make_rng(seed, Purpose.CLIENT_SAMPLE, t).choice(K, size=m, replace=False))``.
+    ``np.sort(make_rng(seed, purpose, t).choice(K, size=m, replace=False))``; ``purpose`` is
+    CLIENT_SAMPLE for the clients that train in round t, EVAL_SAMPLE for those that evaluate
+    w_{t+1} (``FedAvgConfig.fraction_evaluate`` < 1).
 
     >>> sample_clients(0, 1, 10, 3).tolist() == sorted(
     ...     np.random.default_rng([0, 2, 1]).choice(10, size=3, replace=False).tolist())
     True
     """
-    rng = make_rng(seed, Purpose.CLIENT_SAMPLE, round_)
+    rng = make_rng(seed, purpose, round_)
     return np.sort(rng.choice(num_clients, size=m, replace=False)).astype(np.int64)
 
 
@@ -77,7 +85,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     K = len(partition)
     m = clients_per_round(config.fraction, K)
     S_t = sample_clients(config.seed, round_, K, m)  # (m,)
-    hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_))
+    hp = ClientHParams(model, config.epochs, config.batch_size, config.client_lr(round_),
+                       config.client_opt)
     xp = get_xp(params)
     payload, copy_bits = encode_broadcast(config.downlink, model, params, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
@@ -85,12 +94,35 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     # the paper: here one at a time in ascending id, or side by side (config.client_stack).
     parts = [partition[int(k)] for k in S_t]
     reports = [None] * m
+    # ClientStatePolicy.KEEP: client k resumes its optimizer state from the last round it trained
+    state, kept = split_client_states(state)
+    keep = config.client_opt.state is ClientStatePolicy.KEEP
+    starts = [kept.get(int(k)) for k in S_t] if keep else None
     for i, r in client_updates(w_tilde, data.x_train, data.y_train, parts, hp, config.seed,
-                               round_, S_t, config.client_stack):
+                               round_, S_t, config.client_stack, starts):
         reports[i] = report_update(r, model, config.codec, config.seed, round_, int(S_t[i]))
+        if keep:
+            kept[int(S_t[i])] = r.opt_state
     params, state, facts = aggregate_round(params, state, round_, reports, config, model)
+    state = join_client_states(state, kept)
     return params, state, {"clients": tuple(int(k) for k in S_t), "lr": hp.lr,
                            "broadcast_bits": m * copy_bits, **facts}
+
+
+def evaluation_clients(config: FedAvgConfig, round_: int, num_clients: int) -> np.ndarray:
+    """The clients that evaluate w_{t+1} in round t, ascending: all K, or with
+    ``config.fraction_evaluate`` < 1 the m_eval = max(floor(fraction_evaluate * K), 1) clients
+    of ``sample_clients(seed, t, K, m_eval, Purpose.EVAL_SAMPLE)`` (Flower's
+    ``fraction_evaluate``; Flower also evaluates at least ``min_evaluate_clients`` = 2).
+
+    >>> cfg = FedAvgConfig(fraction_evaluate=0.5)
+    >>> len(evaluation_clients(cfg, 1, 10)), evaluation_clients(FedAvgConfig(), 1, 3).tolist()
+    (5, [0, 1, 2])
+    """
+    if config.fraction_evaluate == 1.0 or num_clients == 0:
+        return np.arange(num_clients, dtype=np.int64)
+    m_eval = clients_per_round(config.fraction_evaluate, num_clients)
+    return sample_clients(config.seed, round_, num_clients, m_eval, Purpose.EVAL_SAMPLE)
 
 
 def finish_round(round_: int, params, facts: dict, previous: RoundMetrics | None,
@@ -98,11 +130,14 @@ def finish_round(round_: int, params, facts: dict, previous: RoundMetrics | None
                  eval_parts) -> RoundMetrics:
     """The metrics row of round t: the facts of ``run_round``, cumulative bits, and at the
     evaluation cadence (t % eval_every == 0, and t = T) w_{t+1} on the test set and the
-    federated evaluation on ``eval_parts`` (index arrays into eval_x / eval_y)."""
+    federated evaluation on ``eval_parts`` (index arrays into eval_x / eval_y), of the clients
+    ``evaluation_clients`` draws."""
     test_loss = test_acc = fed_loss = fed_acc = None
     if round_ % config.eval_every == 0 or round_ == config.rounds:
         test_loss, test_acc = evaluate(model, params, data.x_test, data.y_test)
-        fed_loss, fed_acc = federated_evaluate(model, params, eval_x, eval_y, eval_parts)
+        fed_loss, fed_acc = federated_evaluate(
+            model, params, eval_x, eval_y,
+            [eval_parts[k] for k in evaluation_clients(config, round_, len(eval_parts))])
     up_cum = (previous.uplink_bits_cum if previous else 0) + facts["uplink_bits"]
     down_cum = (previous.broadcast_bits_cum if previous else 0) + facts["broadcast_bits"]
     return RoundMetrics(round=round_, test_loss=test_loss, test_accuracy=test_acc,
@@ -167,8 +202,9 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
         done, params, state, saved = load_checkpoint(ckpt)
         if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
             raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
-        check_resumable(ckpt, done, params, state, saved, w0,
-                        init_server_state(config.server, w0, config.aggregator), config.rounds)
+        like = {**init_server_state(config.server, w0, config.aggregator),
+                **client_state_like(config.client_opt, w0, split_client_states(state)[1])}
+        check_resumable(ckpt, done, params, state, saved, w0, like, config.rounds)
         rows, start = [RoundMetrics.from_dict(d) for d in saved["metrics"]], done + 1
     if trace:
         if run_dir is None:

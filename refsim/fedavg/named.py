@@ -2,7 +2,8 @@
 Flower app's run config use the same vocabulary, and this module is its one meaning.
 
 Models (``MODELS``): ``2nn`` the paper's MNIST 2NN (``mlp_2nn``), ``cnn`` its MNIST CNN
-(``cnn_mnist``), ``logistic`` TFF's softmax regression.
+(``cnn_mnist``), ``logistic`` TFF's softmax regression, ``cnn-cifar`` the Flower CIFAR-10
+tutorial's ``Net`` (``cnn_cifar``, 3x32x32 inputs).
 
 Codecs (``codec_named``), for the uplink and the downlink:
 
@@ -33,11 +34,11 @@ import numpy as np
 from refsim.backend import Purpose, make_rng
 from refsim.compress import Codec, QuantizerConfig, TopKConfig
 from refsim.data import partition
-from refsim.nn import cnn_mnist, logistic, mlp_2nn
+from refsim.nn import cnn_cifar, cnn_mnist, logistic, mlp_2nn
 
 __all__ = ["MODELS", "CODEC_NAMES", "PARTITION_NAMES", "codec_named", "partition_named"]
 
-MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic}  # name -> model factory
+MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic, "cnn-cifar": cnn_cifar}  # name -> model factory
 CODEC_NAMES = ("raw", "float", "quant", "quant-huffman", "topk-huffman")
 PARTITION_NAMES = ("iid", "shards", "writers")
 

@@ -13,7 +13,7 @@ ICLR 2021, arXiv:2003.00295, Algorithm 2; TFF's choices differ from Flower's (``
     MOMENTUM  a <- mu * a + g;  w <- w - lr * a                        a_0 = 0
     ADAM      a <- a + (g - a) * (1 - b1);  p <- p + (g^2 - p) * (1 - b2)   a_0 = p_0 = 0
               lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)                   (float32, see below)
-              w <- w - lr_t * a / (sqrt(p) + eps)
+              w <- w - lr_t * a / (sqrt(p) + eps)                        (``tff_adam.py``)
     YOGI      a as ADAM;  p <- p + (1 - b2) * sign(g^2 - p) * g^2;  p_0 = p0 (1e-6)
               lr_t as ADAM;  w <- w - lr_t * a / (sqrt(p) + eps)
     ADAGRAD   p <- p + g^2;  w <- w - lr * g / sqrt(p + eps)           p_0 = p0 (0.1)
@@ -35,6 +35,7 @@ import numpy as np
 
 from refsim.backend import get_xp
 from refsim.fedavg.config import ServerOpt, ServerOptConfig
+from refsim.fedavg.tff_adam import tff_adam_step, tff_normalized_lr
 
 __all__ = ["init_tff_server_state", "tff_server_update", "tff_normalized_lr"]
 
@@ -59,18 +60,6 @@ def init_tff_server_state(opt: ServerOptConfig, params: np.ndarray) -> dict[str,
     return {}
 
 
-def tff_normalized_lr(lr: float, beta1: float, beta2: float, t: int) -> np.float32:
-    """lr * sqrt(1 - b2^t) / (1 - b1^t), every operation in float32 as TFF's ADAM and YOGI
-    compute it (``tf.math.pow`` of float32, equal to NumPy's float32 power bit for bit for
-    t = 1..100: ``tests/test_validation_tff.py``).
-
-    >>> float(tff_normalized_lr(0.5, 0.5, 0.75, 1))  # 0.5 * sqrt(1 - 0.75) / (1 - 0.5)
-    0.5
-    """
-    b1, b2, step = _F32(beta1), _F32(beta2), _F32(t)
-    return _F32(lr) * np.sqrt(_F32(1) - b2 ** step) / (_F32(1) - b1 ** step)
-
-
 def tff_server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[str, np.ndarray],
                       opt: ServerOptConfig, round_: int
                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -88,18 +77,10 @@ def tff_server_update(params: np.ndarray, mean_delta: np.ndarray, state: dict[st
     if opt.kind is ServerOpt.MOMENTUM:
         a = dt(_F32(opt.momentum)) * state["accumulator"] + g  # (P,)
         return params - lr * a, {"accumulator": a}
-    eps = dt(_F32(opt.tau))
     p = state["preconditioner"]  # (P,)
     if opt.kind is ServerOpt.ADAGRAD:
         p = p + g * g  # (P,)
-        return params - lr * g / xp.sqrt(p + eps), {"preconditioner": p}
-    one = dt(1)
-    a = state["accumulator"]
-    a = a + (g - a) * (one - dt(_F32(opt.beta1)))  # (P,)
-    g2 = g * g  # (P,)
-    if opt.kind is ServerOpt.ADAM:
-        p = p + (g2 - p) * (one - dt(_F32(opt.beta2)))  # (P,)
-    else:  # ServerOpt.YOGI
-        p = p + (one - dt(_F32(opt.beta2))) * xp.sign(g2 - p) * g2  # (P,)
-    lr_t = dt(tff_normalized_lr(opt.lr, opt.beta1, opt.beta2, round_))
-    return params - lr_t * a / (xp.sqrt(p) + eps), {"accumulator": a, "preconditioner": p}
+        return params - lr * g / xp.sqrt(p + dt(_F32(opt.tau))), {"preconditioner": p}
+    w, a, p = tff_adam_step(params, g, state["accumulator"], p, opt.lr, opt.beta1, opt.beta2,
+                            opt.tau, round_, yogi=opt.kind is ServerOpt.YOGI)
+    return w, {"accumulator": a, "preconditioner": p}

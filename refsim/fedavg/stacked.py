@@ -83,14 +83,17 @@ def stacked_client_update(params, x, y, parts: Sequence[np.ndarray], hparams: Cl
 
 
 def client_updates(params, x, y, parts: Sequence[np.ndarray], hparams: ClientHParams, seed: int,
-                   round_: int, clients: Sequence[int], stack: int = 1):
+                   round_: int, clients: Sequence[int], stack: int = 1,
+                   opt_states: Sequence[dict | None] | None = None):
     """Yield (position, ClientResult) for every client, trained one at a time (``stack`` 1,
-    the reference path, in ascending position) or in the groups of :func:`client_groups`."""
+    the reference path, in ascending position) or in the groups of :func:`client_groups`.
+    ``opt_states[i]`` is client i's optimizer state to start from (None: a fresh one); side by
+    side, clients train with plain SGD only (``FedAvgConfig`` refuses the rest)."""
     for group in client_groups([len(p) for p in parts], stack):
         if len(group) == 1:
             i = group[0]
             yield i, client_update(params, x, y, parts[i], hparams, seed, round_,
-                                   int(clients[i]))
+                                   int(clients[i]), None if opt_states is None else opt_states[i])
             continue
         results = stacked_client_update(params, x, y, [parts[i] for i in group], hparams, seed,
                                         round_, [clients[i] for i in group])

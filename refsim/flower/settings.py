@@ -35,6 +35,8 @@ __all__ = ["RUN_CONFIG", "MODELS", "PARTITIONS", "CODECS", "AppSettings", "app_s
            "fedavg_config", "node_client", "load_data", "client_indices", "server_data"]
 
 PARTITIONS = ("iid", "shards")  # writers (FEMNIST) is not offered on Flower
+# The app trains on the embedded MNIST, so only the models of 1x28x28 inputs (not cnn-cifar).
+APP_MODELS = tuple(name for name, make in MODELS.items() if make().input_shape == (1, 28, 28))
 # "raw": no codec, the update travels as a float array; the others as refsim's codec bytes.
 CODECS = CODEC_NAMES
 
@@ -48,7 +50,7 @@ RUN_CONFIG = {
     "batch-size": 10, "lr": 0.1, "lr-decay": 1.0, "rounds": 50, "weighting": "examples",
     "server-opt": "sgd", "server-lr": 1.0, "server-momentum": 0.0, "server-beta1": 0.9,
     "server-beta2": 0.99, "server-tau": 1e-9, "server-bias-correction": False,
-    "eval-every": 1, "eval-holdout": 0.0, "seed": 0, "dtype": "float32", "init": "keras",
+    "eval-every": 1, "eval-holdout": 0.0, "fraction-evaluate": 1.0, "seed": 0, "dtype": "float32", "init": "keras",
     "nan-policy": "raise", "train-limit": 0, "test-limit": 0, "out-dir": "",
     "timeout": 600.0,
 }
@@ -126,6 +128,7 @@ def fedavg_config(run_config: Mapping) -> FedAvgConfig:
             server=server, codec=codec_named(_choice(rc, "codec", CODECS), bits),
             downlink=codec_named(_choice(rc, "downlink", CODECS), down_bits),
             eval_every=_int(rc, "eval-every", 1), eval_holdout=_real(rc, "eval-holdout"),
+            fraction_evaluate=_real(rc, "fraction-evaluate"),
             seed=_int(rc, "seed", 0), dtype=DType(_choice(rc, "dtype", [d.value for d in DType])),
             init=InitScheme(_choice(rc, "init", [i.value for i in InitScheme])),
             nan_policy=NanPolicy(_choice(rc, "nan-policy", [n.value for n in NanPolicy])))
@@ -153,7 +156,7 @@ def app_settings(run_config: Mapping) -> AppSettings:
     timeout = _real(run_config, "timeout")
     if not timeout > 0:
         raise ValueError(f"run config: timeout must be > 0 seconds, got {timeout!r}")
-    return AppSettings(fedavg_config(run_config), _choice(run_config, "model", tuple(MODELS)),
+    return AppSettings(fedavg_config(run_config), _choice(run_config, "model", APP_MODELS),
                        _choice(run_config, "partition", PARTITIONS),
                        _int(run_config, "shards-per-client", 1), train_limit or None,
                        test_limit or None, out_dir, timeout)

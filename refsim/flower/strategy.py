@@ -36,8 +36,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from refsim.backend import Purpose, make_rng
 from refsim.fedavg import (FedAvgConfig, FedData, RoundMetrics, aggregate_round,
-                           clients_per_round, encode_broadcast, finish_round, init_server_state,
-                           sample_clients)
+                           clients_per_round, encode_broadcast, evaluation_clients, finish_round,
+                           init_server_state, sample_clients)
 from refsim.flower.wire import (instruction_content, read_evaluate_reply, read_report_content)
 from refsim.nn import Model
 
@@ -143,15 +143,17 @@ class RefsimFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """At the cadence (eval_holdout > 0): the raw w_{t+1} to every client."""
+        """At the cadence (eval_holdout > 0): the raw w_{t+1} to the evaluating clients
+        (``evaluation_clients``: all, or refsim's draw of a ``fraction_evaluate`` share)."""
         t = server_round
         self._round["fed_eval"] = (None, None)
         if not self._evaluates(t):
             return []
+        S_eval = [int(k) for k in evaluation_clients(self.config, t, len(self.clients))]
+        self._round["eval_clients"] = S_eval
         self._round["eval_sent"] = time.perf_counter()
-        return [Message(instruction_content(self.params, t, k), dst_node_id=node,
-                        message_type=MessageType.EVALUATE, group_id=str(t))
-                for k, node in sorted(self.clients.items())]
+        return [Message(instruction_content(self.params, t, k), dst_node_id=self.clients[k],
+                        message_type=MessageType.EVALUATE, group_id=str(t)) for k in S_eval]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -160,9 +162,10 @@ class RefsimFedAvg(FedAvg):
         t = server_round
         if not self._evaluates(t):
             return None
-        by_client = self._by_client(replies, sorted(self.clients), "evaluate", t)
+        S_eval = self._round["eval_clients"]
+        by_client = self._by_client(replies, S_eval, "evaluate", t)
         n_total, loss_sum, acc_sum = 0, 0.0, 0.0
-        for k in sorted(self.clients):
+        for k in S_eval:
             n, loss_k, acc_k = read_evaluate_reply(by_client[k].content, k)
             if n == 0:
                 continue

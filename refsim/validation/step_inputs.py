@@ -159,6 +159,10 @@ def load_client_round(trace: str | os.PathLike, round_: int, client: int) -> Cli
         raise ValueError(f"{stem}.npz has no batch order order_{client}")
     order = np.asarray(z[f"order_{client}"], dtype=np.int64)  # (E, n_k)
     config = header.get("config", {})
+    client_opt = config.get("client_opt") or {"kind": "sgd"}  # traces before client_opt: SGD
+    if client_opt.get("kind") != "sgd":
+        raise ValueError(f"{tdir}: the run's clients step with {client_opt.get('kind')!r} "
+                         "(client_opt); compare-steps checks plain SGD steps only")
     return ClientRound(tdir, model, round_, client, float(rnd["lr"]), rnd["batch_size"], order,
                        config)
 

@@ -151,7 +151,8 @@ def run_fedavg(job_dir, case):
     ``build_sgdm(1.0)``); client_lr_dtype ("python" | "float64"); schedule (optional
     {"lr": l, "decay": d}: ``build_weighted_fed_avg_with_optimizer_schedule`` with
     lr(r) = l * d**r, r = 0, 1, ...; else each round's lr from the trace via set_hparams);
-    aggregator ("mean" | "robust"); eval (optional {"data": npz of x, y, "parts": npz of
+    aggregator ("mean" | "robust"); client (optional {"kind": "adam", "beta_1", "beta_2",
+    "epsilon"}: ``build_adam`` as the client optimizer, else ``build_sgdm``); eval (optional {"data": npz of x, y, "parts": npz of
     client_<k>}: ``build_fed_eval`` after every round, one batch of up to 1000 per client)."""
     dt = case["dtype"]
     x, y = load_data(job_dir, case)
@@ -167,6 +168,13 @@ def run_fedavg(job_dir, case):
         proc = tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
             model_fn, client_learning_rate_fn=lambda r: lr0 * decay ** tf.cast(r, tf.float32),
             client_optimizer_fn=tff.learning.optimizers.build_sgdm,
+            server_optimizer_fn=server, model_aggregator=aggregator)
+    elif case.get("client"):
+        c = case["client"]
+        proc = tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, client_optimizer_fn=tff.learning.optimizers.build_adam(
+                hparam(0.1, lr_dtype), beta_1=c["beta_1"], beta_2=c["beta_2"],
+                epsilon=c["epsilon"]),
             server_optimizer_fn=server, model_aggregator=aggregator)
     else:
         proc = tff.learning.algorithms.build_weighted_fed_avg(
