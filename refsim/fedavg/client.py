@@ -98,7 +98,7 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
             yb = y[rows]
             loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
                                                                     check_values=False)
-            w = sgd_step(w, grad, hparams.lr)  # (P,)
+            w = sgd_step(w, grad, hparams.lr, out=w)  # (P,), in place: the client owns w
             loss_sum += (stop - start) * loss
             correct += (logits.argmax(axis=1) == yb).sum()
             seen += stop - start
