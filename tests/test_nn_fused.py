@@ -1,4 +1,5 @@
-"""The fused bias + ReLU + max-pool pass (refsim.nn.fused) against the unfused layers, bit for bit."""
+"""The fused bias + ReLU + max-pool pass (refsim.nn.fused) against the unfused layers, bit for
+bit."""
 
 import numpy as np
 import pytest

@@ -17,10 +17,12 @@ def test_sgd_step_equals_the_expression(n, dtype):
     for lr in (0.05, 0.1, 1e-3, 0.0):
         expected = sgd_step_naive(p, g, lr)
         got = sgd_step(p, g, lr)
-        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8), err_msg=f"lr={lr}")
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8),
+                                      err_msg=f"lr={lr}")
         w = p.copy()
         assert sgd_step(w, g, lr, out=w) is w
-        np.testing.assert_array_equal(w.view(np.uint8), expected.view(np.uint8), err_msg=f"in place lr={lr}")
+        np.testing.assert_array_equal(w.view(np.uint8), expected.view(np.uint8),
+                                      err_msg=f"in place lr={lr}")
 
 
 def test_sgd_step_on_other_array_modules(xp):

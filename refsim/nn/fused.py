@@ -168,7 +168,8 @@ def bias_relu_maxpool_forward(z, b, padding: str = "valid"):
 
 def bias_relu_maxpool_backward(dy, cache: FusedCache):
     """dz : ndarray, shape (O, N, H, W), C-contiguous (the layout ``conv2d_backward_t`` takes),
-    from dy (N, O, Ho, Wo), in one compiled pass. Oracle :func:`bias_relu_maxpool_backward_naive`."""
+    from dy (N, O, Ho, Wo), in one compiled pass.
+    Oracle :func:`bias_relu_maxpool_backward_naive`."""
     dz = np.empty(cache.z_shape, dtype=dy.dtype)  # (O, N, H, W)
     _backward_kernel(np.ascontiguousarray(dy), cache.argmax, cache.y, dz, dy.dtype.type(0))
     return dz
