@@ -76,3 +76,39 @@ def test_torch_round(benchmark, name):
     benchmark.extra_info.update(threads=THREADS, role="baseline")
     benchmark.pedantic(_torch_round, args=(name, model, params, data, parts),
                        rounds=3, iterations=1, warmup_rounds=1)
+
+
+def alternate(name: str, reps: int, num_clients: int = K, sizes=None):
+    """[(refsim s, PyTorch s, ratio)] of ``reps`` rounds timed in alternation (refsim, then
+    PyTorch, in each repetition), after one warm-up round of each; client_stack 1."""
+    import time
+    torch.set_num_threads(THREADS)
+    model, params, data, parts, cfg = _setup(name, num_clients, sizes=sizes)
+    run_round(params, {}, 1, cfg, model, data, parts)
+    _torch_round(name, model, params, data, parts)
+    rows = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run_round(params, {}, 1, cfg, model, data, parts)
+        t1 = time.perf_counter()
+        _torch_round(name, model, params, data, parts)
+        t2 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, (t1 - t0) / (t2 - t1)))
+    return rows
+
+
+def test_alternate_runs():
+    """The alternating timer of ``python bench/bench_fedavg.py`` runs (CI: two small clients;
+    the oracle check of the round is test_refsim_round's)."""
+    assert len(alternate("cnn_mnist", 1, num_clients=2, sizes=(20, 13))) == 1
+
+
+if __name__ == "__main__":
+    # python bench/bench_fedavg.py cnn_mnist 3: rounds timed in alternation, median ratio.
+    import sys
+    rows = alternate(sys.argv[1], int(sys.argv[2]))
+    for r, t, q in rows:
+        print(f"refsim {r:.3f} s  torch {t:.3f} s  ratio {q:.3f}")
+    print(f"{sys.argv[1]} threads={THREADS} median of {len(rows)}: refsim "
+          f"{np.median([r[0] for r in rows]):.3f} s  torch {np.median([r[1] for r in rows]):.3f} s"
+          f"  ratio {np.median([r[2] for r in rows]):.3f}")

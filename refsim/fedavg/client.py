@@ -107,7 +107,8 @@ def client_update(params: np.ndarray, x: np.ndarray, y: np.ndarray, indices: np.
             yb = y[rows]
             loss, grad, logits = hparams.model.loss_grad_and_logits(w, x[rows], yb,
                                                                     check_values=False)
-            w, state = client_opt_step(hparams.opt, w, grad, hparams.lr, state)  # (P,)
+            # (P,); plain SGD in place (out=w: the client owns w), as PyTorch's step
+            w, state = client_opt_step(hparams.opt, w, grad, hparams.lr, state, out=w)
             loss_sum += (stop - start) * loss
             correct += (logits.argmax(axis=1) == yb).sum()
             seen += stop - start

@@ -131,11 +131,13 @@ def init_client_state(opt: ClientOptConfig, params) -> dict:
             "exp_avg_sq": xp.zeros_like(params)}
 
 
-def client_opt_step(opt: ClientOptConfig, w, g, lr: float, state: dict):
+def client_opt_step(opt: ClientOptConfig, w, g, lr: float, state: dict, out=None):
     """One local step: (w_{s}, state_s) from (w_{s-1}, g_s, state_{s-1}); arrays (P,) of one
-    dtype (the scalars are cast to it). The input state is not modified."""
+    dtype (the scalars are cast to it). The input state is not modified; plain SGD writes
+    into ``out`` when given (``sgd_step``'s ``out``, e.g. w itself), the others return new
+    arrays."""
     if opt.kind is ClientOpt.SGD:
-        return sgd_step(w, g, lr), state
+        return sgd_step(w, g, lr, out=out), state
     if w.shape != g.shape or w.dtype != g.dtype:
         raise ValueError(f"client_opt_step: params {w.shape} {w.dtype} and grad "
                          f"{g.shape} {g.dtype} differ")

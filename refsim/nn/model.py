@@ -27,8 +27,10 @@ from refsim.nn.activation import relu_backward, relu_forward
 from refsim.nn.conv import conv2d_backward, conv2d_forward, conv_output_size
 from refsim.nn.dense import linear_backward, linear_forward
 from refsim.nn.flatten import flatten_backward, flatten_forward
+from refsim.nn.fused import conv_relu_pool_backward, conv_relu_pool_forward
 from refsim.nn.loss import check_labels, softmax_cross_entropy
 from refsim.nn.pool import maxpool2d_backward, maxpool2d_forward, pool_output_size
+from refsim.nn.sgd import sgd_step  # re-exported: refsim.nn.model.sgd_step
 
 __all__ = ["Conv2D", "MaxPool2D", "ReLU", "Flatten", "Dense", "ParamSpec", "Model", "sgd_step"]
 
@@ -124,6 +126,20 @@ def _fans(layer: Union[Conv2D, Dense]) -> tuple[int, int]:
     return layer.in_features, layer.out_features
 
 
+def _steps(layers: tuple[Layer, ...]) -> tuple[tuple[int, int], ...]:
+    """The passes of a forward or backward sweep, as (first layer index, number of layers):
+    each Conv2D followed by a ReLU and a MaxPool2D is one step of 3 (``refsim.nn.fused`` runs
+    the three as one block, with the same results as layer by layer), every other layer a
+    step of 1."""
+    steps, i = [], 0
+    while i < len(layers):
+        block = (isinstance(layers[i], Conv2D) and i + 2 < len(layers)
+                 and isinstance(layers[i + 1], ReLU) and isinstance(layers[i + 2], MaxPool2D))
+        steps.append((i, 3 if block else 1))
+        i += steps[-1][1]
+    return tuple(steps)
+
+
 @dataclass(frozen=True)
 class Model:
     """An immutable network description; see the module docstring.
@@ -140,6 +156,7 @@ class Model:
     shapes: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # input of each layer, then output
     layout: tuple[ParamSpec, ...] = field(init=False, repr=False)
     num_params: int = field(init=False)
+    steps: tuple[tuple[int, int], ...] = field(init=False, repr=False)  # (first layer, count)
 
     def __post_init__(self) -> None:
         shapes = [tuple(self.input_shape)]
@@ -154,6 +171,7 @@ class Model:
         object.__setattr__(self, "shapes", tuple(shapes))
         object.__setattr__(self, "layout", tuple(layout))
         object.__setattr__(self, "num_params", offset)
+        object.__setattr__(self, "steps", _steps(self.layers))
 
     @property
     def num_classes(self) -> int:
@@ -234,13 +252,15 @@ class Model:
         xp = get_xp(params)
         grad = xp.empty_like(params)
         gview = self.views(grad)
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer, cache = self.layers[i], caches[i]
+        for (i, count), cache in zip(reversed(self.steps), reversed(caches)):
+            layer = self.layers[i]
             need_dx = i > 0  # nobody needs the gradient with respect to the data
-            if isinstance(layer, Conv2D):
+            if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
+                d, dw, db = conv_relu_pool_backward(d, cache, need_dx)
+            elif isinstance(layer, Conv2D):
                 d, dw, db = conv2d_backward(d, cache, need_dx)
             elif isinstance(layer, Dense):
-                d, dw, db = linear_backward(d, cache, need_dx)
+                d, dw, db = linear_backward(d, cache, need_dx, gview[f"{layer.name}.weight"])
             elif isinstance(layer, MaxPool2D):
                 d = maxpool2d_backward(d, cache)
             elif isinstance(layer, ReLU):
@@ -248,7 +268,8 @@ class Model:
             else:
                 d = flatten_backward(d, cache)
             if isinstance(layer, (Conv2D, Dense)):
-                gview[f"{layer.name}.weight"][...] = dw
+                if dw is not gview[f"{layer.name}.weight"]:  # not already written in place
+                    gview[f"{layer.name}.weight"][...] = dw
                 gview[f"{layer.name}.bias"][...] = db
         return loss, grad, logits
 
@@ -257,8 +278,13 @@ class Model:
         view = self.views(params)
         caches = []
         h = x
-        for layer in self.layers:
-            if isinstance(layer, Conv2D):
+        for i, count in self.steps:
+            layer = self.layers[i]
+            if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
+                h, cache = conv_relu_pool_forward(h, view[f"{layer.name}.weight"],
+                                                  view[f"{layer.name}.bias"], layer.padding,
+                                                  self.layers[i + 2].padding)
+            elif isinstance(layer, Conv2D):
                 h, cache = conv2d_forward(h, view[f"{layer.name}.weight"],
                                           view[f"{layer.name}.bias"], layer.padding)
             elif isinstance(layer, Dense):
@@ -298,11 +324,3 @@ class Model:
                             f"convert explicitly (e.g. x.astype(params.dtype))")
         if check_values and not bool(xp.isfinite(x).all()):
             raise ValueError(f"{self.name}: x contains NaN or Inf")
-
-
-def sgd_step(params, grad, lr: float):
-    """One plain SGD step, w <- w - lr * g (McMahan et al. 2017, Algorithm 1, ClientUpdate)."""
-    if params.shape != grad.shape or params.dtype != grad.dtype:
-        raise ValueError(f"sgd_step: params {params.shape} {params.dtype} and grad "
-                         f"{grad.shape} {grad.dtype} differ")
-    return params - params.dtype.type(lr) * grad
