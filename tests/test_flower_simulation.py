@@ -11,9 +11,11 @@ at ``--client-cpus 1``. Ray tests: skipped when ray is absent; about 40 s and 30
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -40,9 +42,19 @@ def _env() -> dict:
     return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **THREADS)
 
 
-def _refsim(args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([os.path.join(BIN, "refsim"), "run", *args], env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def _refsim(args, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """``refsim run ARGS`` in its own session; on timeout the whole session is killed (the
+    CLI's engine child included), then TimeoutExpired."""
+    argv = [os.path.join(BIN, "refsim"), "run", *args]
+    proc = subprocess.Popen(argv, env=env or _env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def _same_run(local: str, sim: str) -> None:
@@ -102,34 +114,44 @@ def _pgrep(name: str) -> set[int]:
     return {int(p) for p in out.split()}
 
 
-def _ray_processes() -> set[int]:
-    return _pgrep("raylet") | _pgrep("gcs_server")
+def _ray_processes(mark: str) -> set[int]:
+    """The raylet/gcs_server processes whose command line names ``mark`` (this test's Ray
+    temp dir: other users' Ray processes on the machine are left alone)."""
+    mine = set()
+    for pid in _pgrep("raylet") | _pgrep("gcs_server"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if mark.encode() in f.read():
+                    mine.add(pid)
+        except OSError:
+            pass
+    return mine
 
 
 @needs_ray
 def test_ray_address_runs_through_a_local_ray_head(tmp_path):
-    before = _ray_processes()
     port = free_port()
-    env = dict(_env(), RAY_TMPDIR=str(tmp_path / "ray"))
-    os.makedirs(env["RAY_TMPDIR"])
+    mark = tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp")  # AF_UNIX paths: <= 107 bytes
+    env = dict(_env(), RAY_TMPDIR=mark)
     head = subprocess.Popen(
         [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--include-dashboard=false", "--num-cpus=2",
          "--object-store-memory=100000000", "--disable-usage-stats",
          f"--temp-dir={env['RAY_TMPDIR']}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=open(tmp_path / "ray-head.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)  # a file: a full pipe would block the head
     started: set[int] = set()
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (_ray_processes() - before):
+        while time.monotonic() < deadline and not _ray_processes(mark):
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-2000:]
             time.sleep(0.5)
+        assert _ray_processes(mark), "the Ray head started no raylet within 90 s"
         time.sleep(2)
-        started = set(_descendants(head.pid)) | (_ray_processes() - before)
+        started = set(_descendants(head.pid)) | _ray_processes(mark)
         args = [*SMALL, "--rounds", "2", "--clients", "10", "--fraction", "0.3"]
-        sim = subprocess.run([os.path.join(BIN, "refsim"), "run", *args, "--engine",
-                              "flower-sim", "--ray-address", f"127.0.0.1:{port}",
-                              "--out", str(tmp_path / "sim")],
-                             env=env, capture_output=True, text=True, timeout=300)
+        sim = _refsim([*args, "--engine", "flower-sim", "--ray-address", f"127.0.0.1:{port}",
+                       "--out", str(tmp_path / "sim")], timeout=150, env=env)
         started |= set(_descendants(head.pid))
         assert sim.returncode == 0, sim.stderr[-3000:]
         local = _refsim([*args, "--out", str(tmp_path / "local")])
@@ -137,7 +159,7 @@ def test_ray_address_runs_through_a_local_ray_head(tmp_path):
         _same_run(str(tmp_path / "local" / "iid-quant-huffman"),
                   str(tmp_path / "sim" / "iid-quant-huffman"))
     finally:
-        started |= set(_descendants(head.pid)) | (_ray_processes() - before)
+        started |= set(_descendants(head.pid)) | _ray_processes(mark)
         for pid in [head.pid, *sorted(started)]:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -150,4 +172,5 @@ def test_ray_address_runs_through_a_local_ray_head(tmp_path):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         head.wait(timeout=10)
-    assert not (_ray_processes() - before), "a raylet or gcs_server of the head is still running"
+        shutil.rmtree(mark, ignore_errors=True)
+    assert not _ray_processes(mark), "a raylet or gcs_server of the head is still running"
