@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--models", nargs="+", default=["2nn", "cnn"])
+    p.add_argument("--models", nargs="*", default=["2nn", "cnn"])
     p.add_argument("--ks", type=int, nargs="*", default=[10, 100, 1000])
     p.add_argument("--ms", type=int, nargs="*", default=[2, 10, 20])
     p.add_argument("--m", type=int, default=10)
