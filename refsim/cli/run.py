@@ -22,6 +22,7 @@ from refsim.cli._common import UsageError, versions, write_text
 from refsim.cli.run_settings import (MODELS, add_arguments, batch_label, default_out,
                                      eval_partition, grid, make_config, make_data,
                                      make_partition, settings)
+from refsim.cli.run_flower_sim import check_engine_settings, run_flower_sim
 from refsim.cli.run_tff import tff_round_line
 from refsim.fedavg import (NonFiniteUpdateError, metrics_csv, metrics_jsonl, rounds_to_targets,
                            run_fedavg)
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     """``refsim run``: exit 0, 1 when a run fails (NaN update), 2 for bad settings."""
     try:
         s = settings(args)
+        check_engine_settings(s)
         pairs = grid(s)
         configs = {(c, e, b): make_config(s, c, e, b) for c in s["codec"] for e, b in pairs}
         data, writers_train, writers_test = make_data(s)
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"refsim run: note: took over the lock of {out} left by {stale}, which "
                       f"is no longer running", file=sys.stderr)
             remove_partial_writes(out)
+            if s["engine"] == "flower-sim":
+                return run_flower_sim(s, pairs, configs, out)
             return _run_locked(s, pairs, configs, data, parts, evals, model, out)
     except RunLockError as err:  # another run holds it, or no lock file can be made there
         print(f"refsim run: error: {err}", file=sys.stderr)

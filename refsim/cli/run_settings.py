@@ -53,6 +53,7 @@ RUN_DEFAULTS = {
     "client_eps": 1e-8, "client_opt_state": "reset",
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
     "trace_every": 1, "resume": False, "quiet": False, "plot": "auto",
+    "engine": "local", "client_cpus": 1, "ray_address": None,  # run_flower_sim.py
     **TFF_RUN_DEFAULTS,
 }
 # The flag that sets each FedAvgConfig field (validation errors name the flag).
@@ -389,3 +390,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--quiet", default=S, action="store_true", help="no per-round lines")
     add("--plot", default=S, choices=("auto", "yes", "no"),
         help="PNG plots (needs pip install 'refsim[plot]'); auto: when available")
+    add("--engine", default=S, choices=("local", "flower-sim"),
+        help="local (default: in process) or flower-sim (Flower's Simulation Engine, one "
+             "virtual SuperNode per client; pip install 'refsim[flower]')")
+    add("--client-cpus", default=S, type=float,
+        help="flower-sim: CPUs per client (Ray client_resources; default 1)")
+    add("--ray-address", default=S,
+        help="flower-sim: join this Ray cluster (host:port) instead of starting Ray")

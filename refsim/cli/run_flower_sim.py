@@ -1,0 +1,114 @@
+"""``refsim run --engine flower-sim``: each run of ``refsim run`` on Flower's Simulation Engine.
+
+For every (partition, E, B, codec) of the settings, the FedAvgConfig ``refsim run`` would use is
+turned into the Flower app's run config (``refsim.flower.settings.RUN_CONFIG``), and
+``python -m refsim.flower.simulation`` runs it in a child process with K = ``--clients`` virtual
+SuperNodes (``docs/scale-out.md``). The child checks that the app builds exactly that
+FedAvgConfig and refuses otherwise (exit 2, one line), so no setting is silently dropped. The
+ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json in the run's
+directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
+
+What the app does not offer is refused here, with one line: FEMNIST / the writers partition,
+tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
+robust aggregators. Ray's child processes inherit one BLAS thread per CPU of a client
+(``--client-cpus``), so concurrent clients do not oversubscribe the cores.
+
+This module does not import ``flwr`` (the layering of setup.cfg).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from refsim.cli._common import UsageError
+from refsim.cli.run_settings import batch_label
+
+__all__ = ["ENGINES", "check_engine_settings", "run_config", "run_flower_sim"]
+
+ENGINES = ("local", "flower-sim")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def check_engine_settings(s: dict) -> None:
+    """UsageError for a setting --engine flower-sim cannot honour (the local engine: none)."""
+    if s["engine"] not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {s['engine']!r}")
+    if not isinstance(s["client_cpus"], (int, float)) or not s["client_cpus"] > 0:
+        raise UsageError(f"--client-cpus must be > 0, got {s['client_cpus']!r}")
+    if s["engine"] == "local":
+        if s["ray_address"] is not None or s["client_cpus"] != 1:
+            raise UsageError("--ray-address and --client-cpus need --engine flower-sim")
+        return
+    refused = [("--dataset femnist", s["dataset"] != "mnist"),
+               ("--partition writers", "writers" in s["partition"]),
+               ("--codec tff-compression", "tff-compression" in s["codec"]),
+               ("--backend cupy", s["backend"] != "numpy"),
+               ("--client-stack > 1", s["client_stack"] != 1),
+               ("--trace", bool(s["trace"])), ("--resume", bool(s["resume"])),
+               ("--progress tff", s.get("progress") == "tff")]
+    for what, bad in refused:
+        if bad:
+            raise UsageError(f"--engine flower-sim: {what} is not offered by the Flower app "
+                             f"(use --engine local)")
+
+
+def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
+    """The Flower app's run config of one run (``cfg``: its FedAvgConfig)."""
+    sv = cfg.server
+    return {"model": s["model"], "partition": partition,
+            "shards-per-client": s["shards_per_client"], "codec": codec, "bits": s["bits"],
+            "downlink": s["downlink"], "downlink-bits": s["downlink_bits"],
+            "fraction": cfg.fraction, "epochs": cfg.epochs,
+            "batch-size": "inf" if cfg.batch_size is None else cfg.batch_size, "lr": cfg.lr,
+            "lr-decay": cfg.lr_decay, "rounds": cfg.rounds, "weighting": cfg.weighting.value,
+            "server-opt": sv.kind.value, "server-lr": sv.lr, "server-momentum": sv.momentum,
+            "server-beta1": sv.beta1, "server-beta2": sv.beta2, "server-tau": sv.tau,
+            "server-bias-correction": sv.bias_correction, "eval-every": cfg.eval_every,
+            "eval-holdout": cfg.eval_holdout, "seed": cfg.seed, "dtype": cfg.dtype.value,
+            "init": cfg.init.value, "nan-policy": cfg.nan_policy.value,
+            "train-limit": s["train_limit"] or 0, "test-limit": s["test_limit"] or 0,
+            "out-dir": os.path.abspath(out_dir), "timeout": 3600.0}
+
+
+def _child_env(client_cpus: float) -> dict:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", FLWR_TELEMETRY_ENABLED="0")
+    threads = str(max(1, int(client_cpus)))
+    env.update({v: threads for v in THREAD_VARS})
+    return env
+
+
+def run_flower_sim(s: dict, pairs, configs, out: str) -> int:
+    """Every run of the settings on the Simulation Engine; the exit code of ``refsim run``."""
+    for p, e, b, c in ((p, e, b, c) for p in s["partition"] for e, b in pairs
+                       for c in s["codec"]):
+        name = f"{p}-{c}" + (f"-E{e}-B{batch_label(b)}" if len(pairs) > 1 else "")
+        run_dir = os.path.join(out, name)
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in ("summary.json", "error.txt"):  # of an earlier run in this directory
+            if os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
+        cfg = configs[(c, e, b)]
+        request = {"run_config": run_config(cfg, s, p, c, run_dir),
+                   "expected": json.loads(json.dumps(cfg.to_dict())),
+                   "num_clients": s["clients"], "client_cpus": float(s["client_cpus"]),
+                   "ray_address": s["ray_address"], "num_cpus": os.cpu_count()}
+        req_path = os.path.join(run_dir, "flower_sim_request.json")
+        with open(req_path, "w") as f:
+            json.dump(request, f, indent=1)
+        if not s["quiet"]:
+            print(f"[{name}] Flower Simulation Engine, K = {s['clients']} virtual SuperNodes",
+                  flush=True)
+        child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
+                               env=_child_env(s["client_cpus"]),
+                               stdout=subprocess.DEVNULL if s["quiet"] else None)
+        if child.returncode != 0:
+            return 2 if child.returncode == 2 else 1
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        print(f"[{name}] final acc {summary['final_accuracy']:.4f}  best acc "
+              f"{summary['best_accuracy']:.4f}  uplink {summary['uplink_bits'] / 1e6:.1f} Mbit  "
+              f"{summary['wall_time_s']:.1f} s; run directory: {run_dir}")
+    return 0
