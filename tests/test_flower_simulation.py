@@ -32,10 +32,11 @@ needs_ray = pytest.mark.skipif(
 
 BIN = os.path.dirname(sys.executable)
 THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-# The 2NN at K = 100, C = 0.1, 3 rounds, on 6000 training examples (60 a client).
+# The 2NN at K = 100, C = 0.1, 3 rounds, on 6000 training examples (60 a client), 10% of
+# each held out and half the clients in each federated evaluation.
 SMALL = ["--model", "2nn", "--partition", "iid", "--codec", "quant-huffman", "--clients", "100",
          "--fraction", "0.1", "--rounds", "3", "--train-limit", "6000", "--test-limit", "1000",
-         "--plot", "no", "--quiet"]
+         "--eval-holdout", "0.1", "--fraction-evaluate", "0.5", "--plot", "no", "--quiet"]
 
 
 def _env() -> dict:
@@ -93,6 +94,7 @@ def test_simulation_engine_gives_the_in_process_run_bit_for_bit(tmp_path):
     (["--codec", "tff-compression"], "--codec tff-compression"),
     (["--client-stack", "2"], "--client-stack > 1"),
     (["--trace"], "--trace"),
+    (["--client-opt", "adam", "--lr", "0.001"], "client_opt = {'kind': 'adam'"),  # checked by the app
 ])
 def test_what_the_app_cannot_do_is_refused_with_one_line(tmp_path, flags, says):
     r = _refsim(["--engine", "flower-sim", *SMALL, *flags, "--out", str(tmp_path / "o")])

@@ -8,7 +8,7 @@ FedAvgConfig and refuses otherwise (exit 2, one line), so no setting is silently
 ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json in the run's
 directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
 
-What the app does not offer is refused here, with one line: FEMNIST / the writers partition,
+What the app does not offer is refused here, with one line: FEMNIST, CIFAR-10, the writers partition,
 tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
 robust aggregators. Ray's child processes inherit one BLAS thread per CPU of a client
 (``--client-cpus``), so concurrent clients do not oversubscribe the cores.
@@ -42,7 +42,7 @@ def check_engine_settings(s: dict) -> None:
         if s["ray_address"] is not None or s["client_cpus"] != 1:
             raise UsageError("--ray-address and --client-cpus need --engine flower-sim")
         return
-    refused = [("--dataset femnist", s["dataset"] != "mnist"),
+    refused = [(f"--dataset {s['dataset']}", s["dataset"] != "mnist"),
                ("--partition writers", "writers" in s["partition"]),
                ("--codec tff-compression", "tff-compression" in s["codec"]),
                ("--backend cupy", s["backend"] != "numpy"),
@@ -67,7 +67,8 @@ def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
             "server-opt": sv.kind.value, "server-lr": sv.lr, "server-momentum": sv.momentum,
             "server-beta1": sv.beta1, "server-beta2": sv.beta2, "server-tau": sv.tau,
             "server-bias-correction": sv.bias_correction, "eval-every": cfg.eval_every,
-            "eval-holdout": cfg.eval_holdout, "seed": cfg.seed, "dtype": cfg.dtype.value,
+            "eval-holdout": cfg.eval_holdout, "fraction-evaluate": cfg.fraction_evaluate,
+            "seed": cfg.seed, "dtype": cfg.dtype.value,
             "init": cfg.init.value, "nan-policy": cfg.nan_policy.value,
             "train-limit": s["train_limit"] or 0, "test-limit": s["test_limit"] or 0,
             "out-dir": os.path.abspath(out_dir), "timeout": 3600.0}
