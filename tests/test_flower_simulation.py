@@ -176,3 +176,19 @@ def test_ray_address_runs_through_a_local_ray_head(tmp_path):
         head.wait(timeout=10)
         shutil.rmtree(mark, ignore_errors=True)
     assert not _ray_processes(mark), "a raylet or gcs_server of the head is still running"
+
+
+def test_without_flower_or_ray_the_engine_is_one_line(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    from refsim.cli import run_flower_sim
+    from refsim.cli._common import UsageError
+    real = importlib.util.find_spec
+    namespace = importlib.machinery.ModuleSpec("ray", None, is_package=True)  # e.g. /tmp/ray
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: namespace if name == "ray" else real(name, *a))
+    s = {"engine": "flower-sim", "client_cpus": 1, "ray_address": None}
+    with pytest.raises(UsageError, match=r"needs Flower's Simulation Engine \(ray not "
+                                         r"installed\): pip install 'refsim\[flower\]'"):
+        run_flower_sim.check_engine_settings(s)

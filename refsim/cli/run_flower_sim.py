@@ -18,6 +18,7 @@ This module does not import ``flwr`` (the layering of setup.cfg).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,6 +33,13 @@ ENGINES = ("local", "flower-sim")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+def _importable(package: str) -> bool:
+    """Whether ``package`` is installed (a folder of that name in the working directory, such
+    as Ray's /tmp/ray session folder, is a namespace package, not the package)."""
+    spec = importlib.util.find_spec(package)
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 def check_engine_settings(s: dict) -> None:
     """UsageError for a setting --engine flower-sim cannot honour (the local engine: none)."""
     if s["engine"] not in ENGINES:
@@ -42,6 +50,10 @@ def check_engine_settings(s: dict) -> None:
         if s["ray_address"] is not None or s["client_cpus"] != 1:
             raise UsageError("--ray-address and --client-cpus need --engine flower-sim")
         return
+    missing = [p for p in ("flwr", "ray") if not _importable(p)]
+    if missing:
+        raise UsageError(f"--engine flower-sim needs Flower's Simulation Engine ({', '.join(missing)} "
+                         "not installed): pip install 'refsim[flower]'")
     refused = [(f"--dataset {s['dataset']}", s["dataset"] != "mnist"),
                ("--partition writers", "writers" in s["partition"]),
                ("--codec tff-compression", "tff-compression" in s["codec"]),

@@ -88,7 +88,9 @@ def backend_config(client_cpus: float, ray_address: str | None, num_cpus: int | 
     if ray_address:
         init = {"address": ray_address}  # the cluster's own settings apply
     else:
-        init = {"_node_ip_address": "127.0.0.1", "include_dashboard": False,
+        # address "local": a new local Ray, never a cluster that /tmp/ray/ray_current_cluster
+        # names (a `ray start` left there would be joined, and num_cpus refused)
+        init = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False,
                 "object_store_memory": OBJECT_STORE_BYTES}
         if num_cpus is not None:
             init["num_cpus"] = num_cpus
