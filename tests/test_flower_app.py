@@ -142,7 +142,7 @@ def test_a_node_computes_its_part_of_refsim_runs_partition(partition, holdout):
                                                     "shards_per_client": 2}, labels, None)
     train, held = holdout_split(parts, holdout, 3)
     for k in range(4):
-        idx, ev = settings.client_indices(s, labels, 4, k)
+        idx, ev = settings.client_indices(s, 4, k)
         np.testing.assert_array_equal(idx, train[k], err_msg=f"client {k}")
         np.testing.assert_array_equal(ev, held[k], err_msg=f"client {k}")
     assert settings.server_data(s).x_train.shape == (0, 1, 28, 28)
@@ -155,6 +155,11 @@ def test_a_node_computes_its_part_of_refsim_runs_partition(partition, holdout):
     ({"typo-key": 1}, "unknown keys ['typo-key']"),
     ({"train-limit": -1}, "train-limit must be an integer >= 0"),
     ({"server-bias-correction": True}, "bias_correction applies to ServerOpt.ADAM only"),
+    ({"dataset": "cifar10"}, "dataset = 'cifar10' is not one of mnist, femnist"),
+    ({"dataset": "femnist"}, "dataset = 'femnist' is split by writer: partition must be "
+                             "'writers', got 'iid'"),
+    ({"dataset": "femnist", "partition": "writers", "eval-holdout": 0.1},
+     "evaluated on each writer's own test set: eval-holdout must be 0"),
 ])
 def test_a_bad_run_config_names_the_key(change, message):
     with pytest.raises(ValueError, match="^run config: ") as e:
@@ -217,7 +222,7 @@ def test_client_app_replies_with_exactly_what_train_client_computes(downlink):
     assert reply.metadata.src_node_id == 101 and not reply.has_error()
     got, seconds = wire.read_report_content(reply.content, 1, coded=True)
     data = settings.load_data(s)
-    idx, _ = settings.client_indices(s, data.y_train, 3, 1)
+    idx, _ = settings.client_indices(s, 3, 1)
     model, cfg = s.model(), s.config
     expected = train_client(decode_broadcast(payload, model, np.float32), data.x_train,
                             data.y_train, idx, ClientHParams(model, 1, 20, cfg.client_lr(2)),
@@ -271,6 +276,59 @@ def test_flowers_loop_over_the_app_gives_run_fedavg_bit_for_bit(change, tmp_path
     assert evaluated_by == [k for ks in evaluators for k in ks]
     sent_to = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"]
     assert sent_to == [100 + k for r in expected.rounds for k in r.clients]
+
+
+# FEMNIST by writer: train-limit 800 keeps writers 0-9 (K = 10), test-limit 92 exactly their
+# test examples, so every client has a test set of its own (refsim run's eval_partition).
+FEMNIST = {"dataset": "femnist", "partition": "writers", "model": "logistic",
+           "train-limit": 800, "test-limit": 92, "rounds": 3, "fraction": 0.3, "batch-size": 10,
+           "eval-every": 2}
+
+
+def test_femnist_by_writer_gives_refsim_runs_per_writer_evaluation_bit_for_bit(tmp_path):
+    rc = {**settings.RUN_CONFIG, **FEMNIST}
+    s = settings.app_settings(rc)
+    run_s = {**run_settings.RUN_DEFAULTS, "dataset": "femnist", "train_limit": 800,
+             "test_limit": 92, "normalize": None, "data_dir": None, "dtype": "float32"}
+    data, writers_train, writers_test = run_settings.make_data(run_s)
+    parts = run_settings.make_partition("writers", run_s, data.y_train, writers_train)
+    evals = run_settings.eval_partition("writers", writers_train, writers_test)
+    assert len(parts) == settings.num_clients(s, 3) == 10 and settings.has_client_test_sets(s)
+    for k in range(10):
+        np.testing.assert_array_equal(settings.client_test_indices(s, 10, k), evals[k])
+    app_data = settings.load_data(s)
+    for a, b in zip(app_data, data):
+        np.testing.assert_array_equal(a, b)  # the same inverted FEMNIST digits
+    expected = run_fedavg(s.config, s.model(), data, parts, eval_partition=evals)
+    assert expected.rounds[1].fed_eval_accuracy is not None  # the test is not vacuous
+    out = str(tmp_path / "out")
+    grid = _deployment(rc, 10)
+    run_server(grid, s, out, rc, 7)
+    with open(os.path.join(out, "metrics.csv")) as f:
+        assert f.read() == metrics_csv(expected.rounds)
+    np.testing.assert_array_equal(np.load(os.path.join(out, "final_weights.npy")),
+                                  expected.params)
+    evaluated = sorted({m.metadata.dst_node_id - 100 for m in grid.sent
+                        if m.metadata.message_type == "evaluate"})
+    assert evaluated == list(range(10))
+
+
+def test_a_node_count_that_is_not_the_number_of_writers_is_refused():
+    s = settings.app_settings({**settings.RUN_CONFIG, **FEMNIST})
+    with pytest.raises(ValueError, match="num-partitions = 4, but the writers partition of "
+                                         "femnist .* has 10 clients: start 10 SuperNodes"):
+        settings.client_indices(s, 4, 0)
+
+
+def test_a_process_reads_the_data_once_and_nobody_can_change_it():
+    s = settings.app_settings({**settings.RUN_CONFIG, **SMALL})
+    data = settings.load_data(s)
+    assert settings.load_data(s) is data
+    train, _ = settings.client_indices(s, 3, 0)
+    assert settings.client_indices(s, 3, 0)[0] is train
+    for a in (*data, train):
+        with pytest.raises(ValueError, match="read-only"):
+            a[:1] = 0
 
 
 def _round_one(rc):

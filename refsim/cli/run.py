@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                       f"is no longer running", file=sys.stderr)
             remove_partial_writes(out)
             if s["engine"] == "flower-sim":
-                return run_flower_sim(s, pairs, configs, out)
+                return run_flower_sim(s, pairs, configs, parts, out)
             return _run_locked(s, pairs, configs, data, parts, evals, model, out)
     except RunLockError as err:  # another run holds it, or no lock file can be made there
         print(f"refsim run: error: {err}", file=sys.stderr)

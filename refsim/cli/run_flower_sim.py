@@ -8,8 +8,11 @@ FedAvgConfig and refuses otherwise (exit 2, one line), so no setting is silently
 ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json in the run's
 directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
 
-What the app does not offer is refused here, with one line: FEMNIST, CIFAR-10, the writers partition,
-tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
+K is ``--clients``, or for the writers partition the number of writers (FEMNIST by writer: 207
+virtual SuperNodes, each evaluated on its writer's test set, as ``refsim run``).
+
+What the app does not offer is refused here, with one line: CIFAR-10 (read from a folder, not
+embedded), tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
 robust aggregators. Ray's child processes inherit one BLAS thread per CPU of a client
 (``--client-cpus``), so concurrent clients do not oversubscribe the cores.
 
@@ -54,8 +57,7 @@ def check_engine_settings(s: dict) -> None:
     if missing:
         raise UsageError(f"--engine flower-sim needs Flower's Simulation Engine ({', '.join(missing)} "
                          "not installed): pip install 'refsim[flower]'")
-    refused = [(f"--dataset {s['dataset']}", s["dataset"] != "mnist"),
-               ("--partition writers", "writers" in s["partition"]),
+    refused = [(f"--dataset {s['dataset']}", s["dataset"] not in ("mnist", "femnist")),
                ("--codec tff-compression", "tff-compression" in s["codec"]),
                ("--backend cupy", s["backend"] != "numpy"),
                ("--client-stack > 1", s["client_stack"] != 1),
@@ -70,7 +72,7 @@ def check_engine_settings(s: dict) -> None:
 def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
     """The Flower app's run config of one run (``cfg``: its FedAvgConfig)."""
     sv = cfg.server
-    return {"model": s["model"], "partition": partition,
+    return {"dataset": s["dataset"], "model": s["model"], "partition": partition,
             "shards-per-client": s["shards_per_client"], "codec": codec, "bits": s["bits"],
             "downlink": s["downlink"], "downlink-bits": s["downlink_bits"],
             "fraction": cfg.fraction, "epochs": cfg.epochs,
@@ -93,8 +95,9 @@ def _child_env(client_cpus: float) -> dict:
     return env
 
 
-def run_flower_sim(s: dict, pairs, configs, out: str) -> int:
-    """Every run of the settings on the Simulation Engine; the exit code of ``refsim run``."""
+def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
+    """Every run of the settings on the Simulation Engine; the exit code of ``refsim run``
+    (``parts``: {partition name: the K index arrays ``refsim run`` would train on})."""
     for p, e, b, c in ((p, e, b, c) for p in s["partition"] for e, b in pairs
                        for c in s["codec"]):
         name = f"{p}-{c}" + (f"-E{e}-B{batch_label(b)}" if len(pairs) > 1 else "")
@@ -106,13 +109,13 @@ def run_flower_sim(s: dict, pairs, configs, out: str) -> int:
         cfg = configs[(c, e, b)]
         request = {"run_config": run_config(cfg, s, p, c, run_dir),
                    "expected": json.loads(json.dumps(cfg.to_dict())),
-                   "num_clients": s["clients"], "client_cpus": float(s["client_cpus"]),
+                   "num_clients": len(parts[p]), "client_cpus": float(s["client_cpus"]),
                    "ray_address": s["ray_address"], "num_cpus": os.cpu_count()}
         req_path = os.path.join(run_dir, "flower_sim_request.json")
         with open(req_path, "w") as f:
             json.dump(request, f, indent=1)
         if not s["quiet"]:
-            print(f"[{name}] Flower Simulation Engine, K = {s['clients']} virtual SuperNodes",
+            print(f"[{name}] Flower Simulation Engine, K = {len(parts[p])} virtual SuperNodes",
                   flush=True)
         child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
                                env=_child_env(s["client_cpus"]),

@@ -9,7 +9,6 @@ both a flag (``batch_size`` -> ``--batch-size``) and a TOML key. A bad value rai
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tomllib
 from importlib import resources
@@ -19,19 +18,18 @@ import numpy as np
 from refsim.cli._common import UsageError, flag
 from refsim.cli.run_tff import (TFF_CODEC, TFF_RUN_DEFAULTS, add_tff_arguments,
                                      aggregator_config, check_tff_settings, server_config)
-from refsim.data import load_cifar10, load_femnist, load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            Weighting, from_images)
 from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
 from refsim.fedavg.config import check_int
-from refsim.fedavg.named import (CODEC_NAMES, MODELS, PARTITION_NAMES, codec_named,
-                                 partition_named)
+from refsim.fedavg.named import (CODEC_NAMES, DATASET_NAMES, MODELS, PARTITION_NAMES,
+                                 codec_named, images_named, partition_named)
 
 __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_partition",
            "make_data", "load_images", "eval_partition", "batch_label", "default_out",
            "add_arguments"]
 
-DATASETS = ("mnist", "femnist", "cifar10")
+DATASETS = DATASET_NAMES
 # The model input each dataset gives (C, H, W).
 DATASET_INPUT = {"mnist": (1, 28, 28), "femnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 PARTITIONS = PARTITION_NAMES
@@ -246,20 +244,16 @@ def make_partition(kind: str, s: dict, labels: np.ndarray, writers: np.ndarray |
 
 
 def load_images(dataset: str, data_dir: str | None = None):
-    """The uint8 images of ``dataset`` as ``refsim run`` trains on them (``make_data``);
-    cifar10 is read from ``data_dir`` (``load_cifar10``: restricted unpickler, published MD5
-    sums), and a damaged or missing file is a UsageError naming it."""
-    if dataset == "mnist":
-        return load_mnist()
-    if dataset == "cifar10":
-        try:
-            return load_cifar10(data_dir)
-        except ValueError as e:
-            raise UsageError(f"--data-dir: {e}") from None
-    if dataset != "femnist":
+    """The uint8 images of ``dataset`` as ``refsim run`` trains on them
+    (``refsim.fedavg.named.images_named``; ``make_data``); cifar10 is read from ``data_dir``
+    (``load_cifar10``: restricted unpickler, published MD5 sums), and a damaged or missing file
+    is a UsageError naming it."""
+    if dataset not in DATASETS:
         raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    images = load_femnist(only_digits=True)
-    return dataclasses.replace(images, x_train=255 - images.x_train, x_test=255 - images.x_test)
+    try:
+        return images_named(dataset, data_dir)
+    except ValueError as e:
+        raise UsageError(f"--data-dir: {e}") from None
 
 
 def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:

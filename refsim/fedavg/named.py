@@ -17,6 +17,13 @@ Codecs (``codec_named``), for the uplink and the downlink:
                    quantized to b bits (stochastic) and Huffman-coded with their signs. The
                    loop sends each round's update without a residual (no error feedback)
 
+Datasets (``images_named``), the uint8 images as a run trains on them:
+
+    mnist    the embedded MNIST with its QMNIST writers (train and test writers disjoint)
+    femnist  the embedded LEAF FEMNIST subset, digits only (the models have 10 outputs),
+             inverted to MNIST's white-on-black (255 - x); train and test share writers
+    cifar10  the ``cifar-10-batches-py`` folder ``data_dir`` (``load_cifar10``), no writers
+
 Partitions (``partition_named``) of the training labels over K clients, with
 ``make_rng(seed, Purpose.PARTITION)``:
 
@@ -29,18 +36,35 @@ Partitions (``partition_named``) of the training labels over K clients, with
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from refsim.backend import Purpose, make_rng
 from refsim.compress import Codec, QuantizerConfig, TopKConfig
-from refsim.data import partition
+from refsim.data import ImageData, load_cifar10, load_femnist, load_mnist, partition
 from refsim.nn import cnn_cifar, cnn_mnist, logistic, mlp_2nn
 
-__all__ = ["MODELS", "CODEC_NAMES", "PARTITION_NAMES", "codec_named", "partition_named"]
+__all__ = ["MODELS", "CODEC_NAMES", "DATASET_NAMES", "PARTITION_NAMES", "codec_named",
+           "images_named", "partition_named"]
 
 MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic, "cnn-cifar": cnn_cifar}  # name -> model factory
 CODEC_NAMES = ("raw", "float", "quant", "quant-huffman", "topk-huffman")
+DATASET_NAMES = ("mnist", "femnist", "cifar10")
 PARTITION_NAMES = ("iid", "shards", "writers")
+
+
+def images_named(name: str, data_dir: str | None = None) -> ImageData:
+    """The uint8 images of the dataset called ``name`` (see the module docstring); ValueError
+    naming the file for a damaged or missing CIFAR-10 batch."""
+    if name not in DATASET_NAMES:
+        raise ValueError(f"dataset {name!r} is not one of {', '.join(DATASET_NAMES)}")
+    if name == "mnist":
+        return load_mnist()
+    if name == "cifar10":
+        return load_cifar10(data_dir)
+    images = load_femnist(only_digits=True)
+    return dataclasses.replace(images, x_train=255 - images.x_train, x_test=255 - images.x_test)
 
 
 def codec_named(name: str, bits: int) -> Codec | None:

@@ -1,9 +1,9 @@
 """The ClientApp: each SuperNode is one refsim client and runs that client's part of a round.
 
 A node learns which client it is from its node config (``partition-id`` k, ``num-partitions``
-K; ``settings.node_client``) and everything else from the run config. Per message it loads the
-embedded MNIST and recomputes client k's indices (``settings.client_indices``; the data never
-travels), then:
+K; ``settings.node_client``) and everything else from the run config. It reads the embedded
+dataset and computes client k's indices (``settings.load_data``, ``settings.client_indices``;
+the data never travels; a process does so once and keeps them), then per message:
 
 * ``query``: answers (k, K), so the ServerApp can map refsim's client ids to Flower node ids;
 * ``train``: decodes the broadcast w~_t (``decode_broadcast``) and calls refsim's
@@ -11,7 +11,8 @@ travels), then:
   plus the uplink encoding keyed by (seed, t, k)), and replies with the encoded update and the
   report's numbers (``wire.report_content``);
 * ``evaluate``: evaluates the raw w_{t+1} on its held-out examples (federated evaluation,
-  ``eval-holdout`` > 0), the numbers ``refsim.fedavg.federated_evaluate`` sums.
+  ``eval-holdout`` > 0), or for FEMNIST by writer on the writer's own test examples
+  (``settings.client_test_indices``), the numbers ``refsim.fedavg.federated_evaluate`` sums.
 
 The handlers are pure functions of (message, node config, run config): the same inputs give the
 same reply on any machine, which is what makes the deployment's result equal the in-process
@@ -27,7 +28,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from refsim.fedavg import ClientHParams, decode_broadcast, decode_tensors, evaluate, train_client
-from refsim.flower.settings import app_settings, client_indices, load_data, node_client
+from refsim.flower.settings import (app_settings, client_indices, client_test_indices,
+                                    load_data, node_client)
 from refsim.flower.wire import (evaluate_reply_content, query_reply_content,
                                 read_instruction_content, report_content)
 
@@ -72,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     s, k, num_clients, payload, t = _addressed(context, msg)
     cfg, model = s.config, s.model()
     data = load_data(s)
-    indices, _ = client_indices(s, data.y_train, num_clients, k)  # (n_k,)
+    indices, _ = client_indices(s, num_clients, k)  # (n_k,)
     w = decode_broadcast(payload, model, cfg.dtype.np)  # (P,) w~_t
     hp = ClientHParams(model, cfg.epochs, cfg.batch_size, cfg.client_lr(t))
     trained = time.perf_counter()
@@ -83,13 +85,19 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_held_out(msg: Message, context: Context) -> Message:
-    """Client k's federated evaluation of the raw w_{t+1} on its held-out examples."""
+    """Client k's federated evaluation of the raw w_{t+1} on its held-out examples, or on its
+    own test examples where it has them (FEMNIST by writer)."""
     s, k, num_clients, payload, _ = _addressed(context, msg)
     model = s.model()
     data = load_data(s)
-    _, held = client_indices(s, data.y_train, num_clients, k)  # (n_eval,)
+    own_test = client_test_indices(s, num_clients, k)  # (n_eval,) into x_test, or None
+    if own_test is None:
+        x, y = data.x_train, data.y_train
+        _, held = client_indices(s, num_clients, k)  # (n_eval,) into x_train
+    else:
+        x, y, held = data.x_test, data.y_test, own_test
     params = decode_tensors(payload, model, s.config.dtype.np)  # (P,) w_{t+1}
     loss = acc = None
     if len(held):
-        loss, acc = evaluate(model, params, data.x_train[held], data.y_train[held])
+        loss, acc = evaluate(model, params, x[held], y[held])
     return Message(evaluate_reply_content(k, int(len(held)), loss, acc), reply_to=msg)

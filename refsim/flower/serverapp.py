@@ -35,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 import refsim
 from refsim.fedavg import metrics_csv, metrics_jsonl, rounds_to_targets
 from refsim.fedavg.storage import atomic_write_bytes, write_json
-from refsim.flower.settings import AppSettings, app_settings, server_data
+from refsim.flower.settings import AppSettings, app_settings, has_client_test_sets, server_data
 from refsim.flower.strategy import RefsimFedAvg
 from refsim.flower.wire import read_query_reply
 
@@ -151,7 +151,8 @@ def run_server(grid: Grid, s: AppSettings, out: str, run_config: dict, run_id: i
     clients = discover_clients(grid, s.timeout)
     discovered = time.perf_counter()
     cfg, model = s.config, s.model()
-    strategy = RefsimFedAvg(cfg, model, clients, server_data(s))
+    strategy = RefsimFedAvg(cfg, model, clients, server_data(s),
+                            client_test_sets=has_client_test_sets(s))
     strategy.start(grid, ArrayRecord({"weights": Array(strategy.params)}), num_rounds=cfg.rounds,
                    timeout=s.timeout, evaluate_fn=strategy.evaluate_round)
     rows = strategy.rows

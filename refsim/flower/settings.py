@@ -9,33 +9,45 @@
   num-partitions=K'``) says which refsim client the node is: k in [0, K), and K, the number of
   clients of the partition (:func:`node_client`).
 
-The data never travels: each process loads the embedded MNIST (``refsim.data.load_mnist``),
-and a client recomputes the partition of all K clients exactly as ``refsim run`` does
-(``make_rng(seed, Purpose.PARTITION)``, then ``holdout_split``) and keeps its own index array
-(:func:`client_indices`). The ServerApp holds only the test set (:func:`server_data`).
+The data never travels: each process loads the embedded dataset (``dataset`` = mnist or femnist,
+``refsim.fedavg.named.images_named``), and a client recomputes the partition of all K clients
+exactly as ``refsim run`` does (``make_rng(seed, Purpose.PARTITION)``, or one client per writer,
+then ``holdout_split``) and keeps its own index arrays (:func:`client_indices`): its training
+examples, its held-out ones, and for FEMNIST by writer its own test examples (the writer's
+LEAF test set, ``refsim run``'s per-writer test sets). The ServerApp holds only the test set
+(:func:`server_data`).
+
+A process keeps the data and the partition it computed (:func:`load_data`,
+:func:`client_indices`), so the Simulation Engine's long-lived actors, which run the ClientApp
+for many clients and rounds, read the dataset once instead of once per message. Both are pure
+functions of the run config, the arrays are read-only, and no result depends on the cache.
 
 This module does not import ``flwr``; errors are ValueError / TypeError naming the key.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from refsim.data import load_mnist
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            ServerOptConfig, Weighting, from_images, holdout_split)
-from refsim.fedavg.named import CODEC_NAMES, MODELS, codec_named, partition_named
+from refsim.fedavg.named import CODEC_NAMES, MODELS, codec_named, images_named, partition_named
 from refsim.nn import Model
 
-__all__ = ["RUN_CONFIG", "MODELS", "PARTITIONS", "CODECS", "AppSettings", "app_settings",
-           "fedavg_config", "node_client", "load_data", "client_indices", "server_data"]
+__all__ = ["RUN_CONFIG", "MODELS", "DATASETS", "PARTITIONS", "CODECS", "AppSettings",
+           "app_settings", "fedavg_config", "node_client", "load_data", "num_clients",
+           "client_indices", "client_test_indices", "has_client_test_sets",
+           "server_data"]
 
-PARTITIONS = ("iid", "shards")  # writers (FEMNIST) is not offered on Flower
-# The app trains on the embedded MNIST, so only the models of 1x28x28 inputs (not cnn-cifar).
+# The embedded datasets (CIFAR-10 is read from a folder refsim cannot ship, so it is not offered)
+DATASETS = ("mnist", "femnist")
+PARTITIONS = ("iid", "shards", "writers")
+# The app trains on embedded 28x28 digits, so only the models of 1x28x28 inputs (not cnn-cifar).
 APP_MODELS = tuple(name for name, make in MODELS.items() if make().input_shape == (1, 28, 28))
 # "raw": no codec, the update travels as a float array; the others as refsim's codec bytes.
 CODECS = CODEC_NAMES
@@ -45,7 +57,7 @@ CODECS = CODEC_NAMES
 # values stand in for refsim run's None: batch-size "inf" (B = infinity, one batch of the whole
 # client) and train-limit / test-limit 0 (all examples). out-dir "" means runs/flower-<run id>.
 RUN_CONFIG = {
-    "model": "2nn", "partition": "iid", "shards-per-client": 2, "codec": "quant-huffman",
+    "dataset": "mnist", "model": "2nn", "partition": "iid", "shards-per-client": 2, "codec": "quant-huffman",
     "bits": 8, "downlink": "raw", "downlink-bits": 8, "fraction": 0.1, "epochs": 1,
     "batch-size": 10, "lr": 0.1, "lr-decay": 1.0, "rounds": 50, "weighting": "examples",
     "server-opt": "sgd", "server-lr": 1.0, "server-momentum": 0.0, "server-beta1": 0.9,
@@ -60,8 +72,9 @@ RUN_CONFIG = {
 class AppSettings:
     """Everything a process of the app derives from the run config."""
     config: FedAvgConfig
+    dataset: str              # "mnist" or "femnist"
     model_name: str           # a key of MODELS
-    partition: str            # "iid" or "shards"
+    partition: str            # "iid", "shards" or "writers"
     shards_per_client: int
     train_limit: int | None   # None: all training examples
     test_limit: int | None
@@ -156,8 +169,16 @@ def app_settings(run_config: Mapping) -> AppSettings:
     timeout = _real(run_config, "timeout")
     if not timeout > 0:
         raise ValueError(f"run config: timeout must be > 0 seconds, got {timeout!r}")
-    return AppSettings(fedavg_config(run_config), _choice(run_config, "model", APP_MODELS),
-                       _choice(run_config, "partition", PARTITIONS),
+    dataset = _choice(run_config, "dataset", DATASETS)
+    partition = _choice(run_config, "partition", PARTITIONS)
+    if dataset == "femnist" and partition != "writers":
+        raise ValueError(f"run config: dataset = 'femnist' is split by writer: partition must be "
+                         f"'writers', got {partition!r}")
+    config = fedavg_config(run_config)
+    if partition == "writers" and dataset == "femnist" and config.eval_holdout > 0:
+        raise ValueError("run config: FEMNIST by writer is evaluated on each writer's own test "
+                         "set: eval-holdout must be 0")
+    return AppSettings(config, dataset, _choice(run_config, "model", APP_MODELS), partition,
                        _int(run_config, "shards-per-client", 1), train_limit or None,
                        test_limit or None, out_dir, timeout)
 
@@ -190,21 +211,84 @@ def node_client(node_config: Mapping) -> tuple[int, int]:
     return k, num
 
 
+@functools.lru_cache(maxsize=2)
+def _data(dataset: str, dtype: str, train_limit: int | None, test_limit: int | None
+          ) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
+    """(data, writer of each training example, of each test example), read-only: what
+    ``refsim run --dataset ... --train-limit/--test-limit`` trains on (``make_data``)."""
+    images = images_named(dataset)
+    data = from_images(images, np.dtype(dtype), train_limit, test_limit)
+    writers = [None if g is None else g[:limit] for g, limit in
+               ((images.groups_train, train_limit), (images.groups_test, test_limit))]
+    for a in (*data, *(g for g in writers if g is not None)):
+        a.flags.writeable = False
+    return data, writers[0], writers[1]
+
+
 def load_data(s: AppSettings) -> FedData:
-    """The embedded MNIST as ``refsim run --train-limit/--test-limit`` uses it."""
-    return from_images(load_mnist(), s.config.dtype.np, s.train_limit, s.test_limit)
+    """The dataset as ``refsim run --dataset/--train-limit/--test-limit`` uses it (read-only,
+    kept by the process: see the module docstring)."""
+    return _data(s.dataset, s.config.dtype.value, s.train_limit, s.test_limit)[0]
 
 
-def client_indices(s: AppSettings, labels: np.ndarray, num_clients: int, k: int
+@functools.lru_cache(maxsize=2)
+def _partition(s: AppSettings, num: int) -> tuple[list, list, list | None]:
+    """(train, held-out, own test indices or None) of every client, as ``refsim run``."""
+    data, writers_train, writers_test = _data(s.dataset, s.config.dtype.value, s.train_limit,
+                                              s.test_limit)
+    parts = partition_named(s.partition, data.y_train, num, s.config.seed, s.shards_per_client,
+                            writers_train)
+    if len(parts) != num:
+        raise ValueError(f"num-partitions = {num}, but the {s.partition} partition of "
+                         f"{s.dataset} (train-limit {s.train_limit or 0}) has {len(parts)} "
+                         f"clients: start {len(parts)} SuperNodes")
+    train, held = holdout_split(parts, s.config.eval_holdout, s.config.seed)
+    tests = None
+    if s.partition == "writers" and np.isin(writers_test, writers_train).all():
+        tests = [np.flatnonzero(writers_test == g) for g in np.unique(writers_train)]  # (n_k,)
+    for a in (*train, *held, *(tests or ())):
+        a.flags.writeable = False
+    return train, held, tests
+
+
+def num_clients(s: AppSettings, requested: int) -> int:
+    """K of the run: the writers partition has one client per writer (``requested`` does not
+    apply), iid and shards have ``requested``."""
+    if s.partition != "writers":
+        return requested
+    _, writers_train, _ = _data(s.dataset, s.config.dtype.value, s.train_limit, s.test_limit)
+    return int(len(np.unique(writers_train)))
+
+
+def client_indices(s: AppSettings, num_clients: int, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(training indices, held-out indices) of client k of K, as ``run_fedavg`` computes them:
-    the partition of ``refsim run`` (``make_rng(seed, Purpose.PARTITION)``), then
-    ``holdout_split(partition, eval_holdout, seed)``."""
-    parts = partition_named(s.partition, labels, num_clients, s.config.seed, s.shards_per_client)
-    train, held = holdout_split(parts, s.config.eval_holdout, s.config.seed)
+    the partition of ``refsim run`` (``make_rng(seed, Purpose.PARTITION)``, or by writer), then
+    ``holdout_split(partition, eval_holdout, seed)``, of ``load_data(s).y_train`` (computed
+    once per process)."""
+    train, held, _ = _partition(s, num_clients)
     return train[k], held[k]
+
+
+def client_test_indices(s: AppSettings, num_clients: int, k: int) -> np.ndarray | None:
+    """Client k's own test examples (indices into ``load_data(s).x_test``) where the dataset
+    has per-writer test sets (FEMNIST by writer, as ``refsim run``'s ``eval_partition``);
+    None otherwise."""
+    tests = _partition(s, num_clients)[2]
+    return None if tests is None else tests[k]
+
+
+def has_client_test_sets(s: AppSettings) -> bool:
+    """Whether the clients are evaluated on their own test sets (FEMNIST by writer): the
+    federated evaluation then runs on them at the evaluation cadence, as in ``refsim run``."""
+    if s.partition != "writers":
+        return False
+    _, writers_train, writers_test = _data(s.dataset, s.config.dtype.value, s.train_limit,
+                                           s.test_limit)
+    return bool(np.isin(writers_test, writers_train).all())
 
 
 def server_data(s: AppSettings) -> FedData:
     """What the ServerApp holds: the test set, and no training example ((0, 1, 28, 28))."""
-    return from_images(load_mnist(), s.config.dtype.np, 0, s.test_limit)  # train_limit 0: none
+    data = load_data(s)
+    return FedData(data.x_train[:0], data.y_train[:0], data.x_test, data.y_test)

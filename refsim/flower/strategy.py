@@ -13,7 +13,8 @@ McMahan et al., AISTATS 2017, arXiv:1602.05629, Algorithm 1, server loop. Flower
   client id; ``aggregate_round`` decodes the payloads, applies the NaN policy, takes the
   weighted mean sum(n_k delta_k) / sum(n_k) and the server optimizer step.
 * ``configure_evaluate`` / ``aggregate_evaluate``: federated evaluation of w_{t+1} on every
-  client's held-out examples at the evaluation cadence (only with ``eval_holdout`` > 0),
+  client's held-out examples at the evaluation cadence (with ``eval_holdout`` > 0), or on
+  each client's own test set where it has one (FEMNIST by writer, ``client_test_sets``),
   summed as ``federated_evaluate`` does: ascending k, sum n_k * metric_k / sum n_k.
 * ``evaluate_round`` (Flower's ``evaluate_fn``): ``finish_round``, the metrics row.
 
@@ -50,6 +51,9 @@ class RefsimFedAvg(FedAvg):
     config, model : the run's FedAvgConfig and model (every process builds the same ones)
     clients : {refsim client id k: Flower node id} for k = 0..K-1
     test_data : FedData whose x_test / y_test are the test set (no training examples needed)
+    client_test_sets : the clients evaluate on test sets of their own (FEMNIST by writer;
+        ``refsim run``'s ``eval_partition``), so there is a federated evaluation without
+        held-out examples
 
     After ``start``: ``rows`` holds the RoundMetrics of every round, ``params`` w_T,
     ``initial_params`` w_0, and ``timing`` the wall time of each round and each client's
@@ -57,12 +61,13 @@ class RefsimFedAvg(FedAvg):
     """
 
     def __init__(self, config: FedAvgConfig, model: Model, clients: dict[int, int],
-                 test_data: FedData):
+                 test_data: FedData, client_test_sets: bool = False):
         num_clients = len(clients)
         if sorted(clients) != list(range(num_clients)):
             raise ValueError(f"clients must map every id 0..K-1 to a node, got {sorted(clients)}")
         m = clients_per_round(config.fraction, num_clients)
-        fed_eval = config.eval_holdout > 0
+        fed_eval = config.eval_holdout > 0 or client_test_sets
+        self.fed_eval = fed_eval
         super().__init__(fraction_train=m / num_clients, fraction_evaluate=1.0 if fed_eval else 0.0,
                          min_train_nodes=m, min_evaluate_nodes=num_clients if fed_eval else 0,
                          min_available_nodes=num_clients)
@@ -82,9 +87,10 @@ class RefsimFedAvg(FedAvg):
         """(Flower logs this at start; refsim writes the run's settings to summary.json.)"""
 
     def _evaluates(self, t: int) -> bool:
-        """Federated evaluation in round t: eval_holdout > 0 and finish_round's cadence."""
+        """Federated evaluation in round t: held-out examples or client test sets, and
+        finish_round's cadence."""
         cfg = self.config
-        return cfg.eval_holdout > 0 and (t % cfg.eval_every == 0 or t == cfg.rounds)
+        return self.fed_eval and (t % cfg.eval_every == 0 or t == cfg.rounds)
 
     def _by_client(self, replies: Iterable[Message], expected, kind: str, t: int
                    ) -> dict[int, Message]:
