@@ -123,6 +123,25 @@ def test_what_the_app_cannot_do_is_refused_with_one_line(tmp_path, flags, says):
     assert len(lines) == 1 and says in lines[0] and "--engine flower-sim" in lines[0], r.stderr
 
 
+@needs_ray
+def test_a_failed_simulation_ends_with_one_line_as_the_in_process_run(tmp_path):
+    """A NaN update under nan-policy raise stops both engines in round 1 with exit 1 and the
+    same one line; the ServerApp's traceback is kept in error.txt, Flower's logs in the log."""
+    args = ["--model", "2nn", "--codec", "float", "--clients", "10", "--fraction", "0.3",
+            "--rounds", "2", "--train-limit", "1000", "--test-limit", "200", "--lr", "1e12",
+            "--plot", "no", "--quiet"]
+    local = _refsim([*args, "--out", str(tmp_path / "local")])
+    sim = _refsim([*args, "--engine", "flower-sim", "--out", str(tmp_path / "sim")])
+    assert local.returncode == sim.returncode == 1
+    lines = sim.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in sim.stderr, sim.stderr[-2000:]
+    what = local.stderr.strip().split("iid-float: ")[1]
+    assert what.startswith("round 1: the update of client") and what in lines[0]
+    run_dir = tmp_path / "sim" / "iid-float"
+    assert "NonFiniteUpdateError" in (run_dir / "error.txt").read_text()
+    assert (run_dir / "flower_sim.log").stat().st_size > 0
+
+
 def test_ray_flags_need_the_simulation_engine(tmp_path):
     r = _refsim([*SMALL, "--ray-address", "127.0.0.1:1", "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and "need --engine flower-sim" in r.stderr

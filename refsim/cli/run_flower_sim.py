@@ -7,6 +7,9 @@ SuperNodes (``docs/scale-out.md``). The child checks that the app builds exactly
 FedAvgConfig and refuses otherwise (exit 2, one line), so no setting is silently dropped. The
 ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json in the run's
 directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
+A failed run ends with one line (exit 1; a NaN update under nan-policy raise, a client whose
+Ray actor died) and the ServerApp's traceback in error.txt; with ``--quiet`` Flower's and Ray's
+logs go to the run's flower_sim.log instead of the console.
 
 K is ``--clients``, or for the writers partition the number of writers (FEMNIST by writer: 207
 virtual SuperNodes, each evaluated on its writer's test set, as ``refsim run``).
@@ -95,6 +98,14 @@ def _child_env(client_cpus: float) -> dict:
     return env
 
 
+def _last_error(log_path: str, code: int) -> str:
+    """The child's one-line error from its log (``--quiet``), or a line saying where the log is."""
+    with open(log_path, errors="replace") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.startswith("refsim run: error: ")]
+    return lines[-1] if lines else (f"refsim run: error: --engine flower-sim: the simulation "
+                                    f"exited with code {code}; its log: {log_path}")
+
+
 def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
     """Every run of the settings on the Simulation Engine; the exit code of ``refsim run``
     (``parts``: {partition name: the K index arrays ``refsim run`` would train on})."""
@@ -117,10 +128,15 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
         if not s["quiet"]:
             print(f"[{name}] Flower Simulation Engine, K = {len(parts[p])} virtual SuperNodes",
                   flush=True)
-        child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
-                               env=_child_env(s["client_cpus"]),
-                               stdout=subprocess.DEVNULL if s["quiet"] else None)
+        log_path = os.path.join(run_dir, "flower_sim.log")
+        with open(log_path, "w") as log:  # --quiet: Flower's and Ray's logs go to the file
+            child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
+                                   env=_child_env(s["client_cpus"]),
+                                   stdout=log if s["quiet"] else None,
+                                   stderr=log if s["quiet"] else None)
         if child.returncode != 0:
+            if s["quiet"]:
+                print(_last_error(log_path, child.returncode), file=sys.stderr)
             return 2 if child.returncode == 2 else 1
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)

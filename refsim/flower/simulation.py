@@ -132,6 +132,12 @@ def simulate(run_config: dict, num_clients: int, client_cpus: float = 1.0,
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an error (Ray's errors run over many lines)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
 def main(argv: list[str]) -> int:
     """``python -m refsim.flower.simulation REQUEST.json`` (see the module docstring)."""
     with open(argv[0]) as f:
@@ -145,8 +151,10 @@ def main(argv: list[str]) -> int:
     try:
         simulate(req["run_config"], req["num_clients"], req["client_cpus"],
                  req["ray_address"], req["num_cpus"])
-    except RuntimeError as e:
-        print(f"refsim run: error: --engine flower-sim: {e}", file=sys.stderr)
+    except Exception as e:  # the ServerApp's error (a NaN update, a dead client), one line
+        err = os.path.join(req["run_config"]["out-dir"], "error.txt")
+        where = f" (traceback: {err})" if os.path.exists(err) else ""
+        print(f"refsim run: error: --engine flower-sim: {_one_line(e)}{where}", file=sys.stderr)
         return 1
     return 0
 
