@@ -72,6 +72,63 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    """The socket inodes among the open files of ``pid``."""
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def _address(hex_addr: str) -> str:
+    """/proc/net/tcp's hex address as text: 127.0.0.1, ::, ::ffff:127.0.0.1."""
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # 4 little-endian words
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def listening_sockets(pids) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket in LISTEN state held by ``pids`` (Linux /proc).
+
+    >>> import socket as s
+    >>> with s.socket() as srv:
+    ...     srv.bind(("127.0.0.1", 0)); srv.listen()
+    ...     [a for a, _, _ in listening_sockets([os.getpid()])]
+    ['127.0.0.1']
+    """
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state == "0A" and inode in owner:  # 0A: TCP_LISTEN
+                addr, port = local.split(":")
+                found.append((_address(addr), int(port, 16), owner[inode]))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or IPv4 loopback mapped into IPv6."""
+    return address.startswith("127.") or address in ("::1",) or address.startswith("::ffff:127.")
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -23,7 +23,10 @@ import pytest
 
 pytest.importorskip("flwr", reason="needs Flower: pip install 'refsim[flower]'")
 
-from flower_local import _alive, _descendants, free_port  # noqa: E402
+from flower_local import (_alive, _descendants, free_port, is_loopback,  # noqa: E402
+                          listening_sockets)
+
+from refsim.cli.run_flower_sim import LOOPBACK_ENV  # noqa: E402
 
 pytestmark = pytest.mark.flower
 needs_ray = pytest.mark.skipif(
@@ -43,19 +46,44 @@ def _env() -> dict:
     return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **THREADS)
 
 
-def _refsim(args, timeout=300, env=None) -> subprocess.CompletedProcess:
+def _refsim(args, timeout=300, env=None, listeners=None) -> subprocess.CompletedProcess:
     """``refsim run ARGS`` in its own session; on timeout the whole session is killed (the
-    CLI's engine child included), then TimeoutExpired."""
+    CLI's engine child included), then TimeoutExpired. With a ``listeners`` set, every TCP
+    socket its processes listen on while it runs is added to it ((address, port, name))."""
     argv = [os.path.join(BIN, "refsim"), "run", *args]
     proc = subprocess.Popen(argv, env=env or _env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        if listeners is None:
+            out, err = proc.communicate(timeout=timeout)
+        else:
+            out, err = _watch_listeners(proc, timeout, listeners)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _watch_listeners(proc, timeout, listeners: set):
+    """Wait for ``proc``, sampling the listening sockets of it and its descendants every
+    0.2 s (Ray's servers live as long as the run)."""
+    end = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > end:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        listeners |= {(a, port, _name(pid))
+                      for a, port, pid in listening_sockets([proc.pid, *_descendants(proc.pid)])}
+        time.sleep(0.2)
+    return proc.communicate()
 
 
 def _same_run(local: str, sim: str) -> None:
@@ -77,9 +105,13 @@ def _same_run(local: str, sim: str) -> None:
 def test_simulation_engine_gives_the_in_process_run_bit_for_bit(tmp_path):
     local = _refsim([*SMALL, "--out", str(tmp_path / "local")])
     assert local.returncode == 0, local.stderr
+    listeners = set()
     sim = _refsim([*SMALL, "--engine", "flower-sim", "--client-cpus", "1",
-                   "--out", str(tmp_path / "sim")])
+                   "--out", str(tmp_path / "sim")], listeners=listeners)
     assert sim.returncode == 0, sim.stderr[-3000:]
+    names = {name for _, _, name in listeners}
+    assert {"gcs_server", "raylet"} <= names, listeners  # the probe saw Ray's servers
+    assert all(is_loopback(a) for a, _, _ in listeners), sorted(listeners)
     _same_run(str(tmp_path / "local" / "iid-quant-huffman"),
               str(tmp_path / "sim" / "iid-quant-huffman"))
     with open(tmp_path / "sim" / "iid-quant-huffman" / "summary.json") as f:
@@ -173,7 +205,7 @@ def _ray_processes(mark: str) -> set[int]:
 def test_ray_address_runs_through_a_local_ray_head(tmp_path):
     port = free_port()
     mark = tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp")  # AF_UNIX paths: <= 107 bytes
-    env = dict(_env(), RAY_TMPDIR=mark)
+    env = dict(_env(), RAY_TMPDIR=mark, **LOOPBACK_ENV)  # a one-machine head: loopback only
     head = subprocess.Popen(
         [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--include-dashboard=false", "--num-cpus=2",
@@ -195,6 +227,9 @@ def test_ray_address_runs_through_a_local_ray_head(tmp_path):
                        "--out", str(tmp_path / "sim")], timeout=150, env=env)
         started |= set(_descendants(head.pid))
         assert sim.returncode == 0, sim.stderr[-3000:]
+        heard = listening_sockets(started | _ray_processes(mark))
+        assert {_name(pid) for _, _, pid in heard} >= {"gcs_server", "raylet"}, heard
+        assert all(is_loopback(a) for a, _, _ in heard), sorted(heard)
         local = _refsim([*args, "--out", str(tmp_path / "local")])
         assert local.returncode == 0, local.stderr
         _same_run(str(tmp_path / "local" / "iid-quant-huffman"),

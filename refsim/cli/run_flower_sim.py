@@ -33,7 +33,13 @@ import sys
 from refsim.cli._common import UsageError
 from refsim.cli.run_settings import batch_label
 
-__all__ = ["ENGINES", "check_engine_settings", "run_config", "run_flower_sim"]
+# Ray 2.55 turns a node IP of 127.0.0.1 into the machine's address and its gRPC servers listen on
+# every interface; with its single-machine mode (meant for Windows and macOS) the node IP stays
+# 127.0.0.1 and every Ray server listens on loopback only (checked by
+# tests/test_flower_simulation.py). Read by Ray when it is imported, so set in the child.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+__all__ = ["ENGINES", "LOOPBACK_ENV", "check_engine_settings", "run_config", "run_flower_sim"]
 
 ENGINES = ("local", "flower-sim")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -91,8 +97,10 @@ def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
             "out-dir": os.path.abspath(out_dir), "timeout": 3600.0}
 
 
-def _child_env(client_cpus: float) -> dict:
+def _child_env(client_cpus: float, ray_address: str | None) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", FLWR_TELEMETRY_ENABLED="0")
+    if not ray_address:  # a local Ray: loopback only (refsim.flower.simulation.LOOPBACK_ENV)
+        env.update(LOOPBACK_ENV)
     threads = str(max(1, int(client_cpus)))
     env.update({v: threads for v in THREAD_VARS})
     return env
@@ -131,7 +139,7 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
         log_path = os.path.join(run_dir, "flower_sim.log")
         with open(log_path, "w") as log:  # --quiet: Flower's and Ray's logs go to the file
             child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
-                                   env=_child_env(s["client_cpus"]),
+                                   env=_child_env(s["client_cpus"], s["ray_address"]),
                                    stdout=log if s["quiet"] else None,
                                    stderr=log if s["quiet"] else None)
         if child.returncode != 0:

@@ -13,7 +13,11 @@ Algorithm 1). Two things differ from a deployment, and this module supplies them
 * **The backend.** :func:`backend_config`: each ClientApp actor gets ``client_cpus`` CPUs
   (Flower's ``client_resources``), so floor(cores / client_cpus) sampled clients train at once;
   Ray is started on 127.0.0.1 with no dashboard and a small object store, or joins the cluster
-  at ``ray_address`` (Flower's ``init_args``; ``docs/scale-out.md``).
+  at ``ray_address`` (Flower's ``init_args``; ``docs/scale-out.md``). A local Ray listens on
+  loopback only when ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before Ray is imported
+  (``refsim.cli.run_flower_sim.LOOPBACK_ENV``, set in the child process): Ray 2.55 otherwise
+  replaces the node IP 127.0.0.1 with the machine's address and binds its gRPC servers to every
+  interface.
 
 Every client's report is a pure function of (seed, t, k) and the broadcast, and the server
 sums in ascending client id whatever order the replies arrive in, so the result equals the
