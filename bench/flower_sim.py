@@ -11,8 +11,9 @@ Each measurement is a ``refsim run`` child process (so its BLAS thread count is 
 
 The median over the timed rounds of a run is that run's figure; ``--reps`` runs of each give
 the median of medians. Sweeps: the model (2NN, CNN) at K = 100, C = 0.1; K in ``--ks`` at
-fixed m = ``--m`` clients a round (C = m / K); m in ``--ms`` at K = 100. Every sim run is first
-checked against its local run (metrics.csv equal: the oracle) when both ran at 1 thread.
+fixed m = ``--m`` clients a round (C = m / K); m in ``--ms`` at K = 100. Every sim run's metrics.csv
+must equal the 1-thread local run's (the oracle; both get the same ``refsim run`` flags), and
+repeated runs must give the same file.
 
     PYTHONPATH=. python bench/flower_sim.py --rounds 4 --reps 3
 """
@@ -28,22 +29,24 @@ import sys
 import tempfile
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# --engine local with refsim run's own settings; prints the gaps between round ends and the
+# metrics.csv text (the oracle of the sim run)
 LOCAL = r"""
-import json, sys, time
-from refsim.cli.run_settings import make_partition
-from refsim.fedavg import FedAvgConfig, from_images, run_fedavg
-from refsim.fedavg.named import MODELS, codec_named
-from refsim.data import load_mnist
-import numpy as np
-a = json.loads(sys.argv[1])
-data = from_images(load_mnist(), np.float32, a["train_limit"], 1000)
-part = make_partition("iid", {"seed": 0, "clients": a["K"], "shards_per_client": 2},
-                      data.y_train, None)
-cfg = FedAvgConfig(fraction=a["C"], rounds=a["rounds"], batch_size=10,
-                   codec=codec_named("quant-huffman", 8))
+import argparse, json, sys, time
+from refsim.cli import run_settings as rs
+from refsim.fedavg import metrics_csv, run_fedavg
+p = argparse.ArgumentParser()
+rs.add_arguments(p)
+s = rs.settings(p.parse_args(json.loads(sys.argv[1])))
+(e, b), = rs.grid(s)
+cfg = rs.make_config(s, s["codec"][0], e, b)
+data, writers, _ = rs.make_data(s)
+part = rs.make_partition(s["partition"][0], s, data.y_train, writers)
 ends = []
-run_fedavg(cfg, MODELS[a["model"]](), data, part, on_round=lambda r: ends.append(time.perf_counter()))
-print(json.dumps([b - e for e, b in zip(ends, ends[1:])]))
+h = run_fedavg(cfg, rs.MODELS[s["model"]](), data, part,
+               on_round=lambda r: ends.append(time.perf_counter()))
+print(json.dumps({"rounds": [b - e for e, b in zip(ends, ends[1:])],
+                  "csv": metrics_csv(h.rounds)}))
 """
 
 
@@ -51,24 +54,36 @@ def _env(threads: int) -> dict:
     return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **{v: str(threads) for v in THREAD_VARS})
 
 
-def local_rounds(model: str, k: int, c: float, rounds: int, limit: int, threads: int) -> list:
-    arg = json.dumps({"model": model, "K": k, "C": c, "rounds": rounds, "train_limit": limit})
+def _args(model: str, k: int, c: float, rounds: int, limit: int) -> list[str]:
+    """The ``refsim run`` flags of a sweep point (both engines get the same)."""
+    return ["--model", model, "--partition", "iid", "--codec", "quant-huffman", "--clients",
+            str(k), "--fraction", str(c), "--rounds", str(rounds), "--train-limit", str(limit),
+            "--test-limit", "1000", "--plot", "no", "--quiet"]
+
+
+def local_rounds(model: str, k: int, c: float, rounds: int, limit: int, threads: int
+                 ) -> tuple[list, str]:
+    """(seconds of rounds 2.., metrics.csv text) of ``--engine local`` at ``threads``."""
+    arg = json.dumps(_args(model, k, c, rounds, limit))
     out = subprocess.run([sys.executable, "-c", LOCAL, arg], env=_env(threads), check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    got = json.loads(out.strip().splitlines()[-1])
+    return got["rounds"], got["csv"]
 
 
-def sim_rounds(model: str, k: int, c: float, rounds: int, limit: int, work: str) -> list:
+def sim_rounds(model: str, k: int, c: float, rounds: int, limit: int, work: str
+               ) -> tuple[list, str]:
+    """(seconds of rounds 2.., metrics.csv text) of ``--engine flower-sim --client-cpus 1``."""
     out = tempfile.mkdtemp(dir=work)
     cmd = [os.path.join(os.path.dirname(sys.executable), "refsim"), "run", "--engine",
-           "flower-sim", "--client-cpus", "1", "--model", model, "--partition", "iid",
-           "--codec", "quant-huffman", "--clients", str(k), "--fraction", str(c),
-           "--rounds", str(rounds), "--train-limit", str(limit), "--test-limit", "1000",
-           "--plot", "no", "--quiet", "--out", out]
+           "flower-sim", "--client-cpus", "1", *_args(model, k, c, rounds, limit), "--out", out]
     subprocess.run(cmd, env=_env(1), check=True, capture_output=True)
-    with open(os.path.join(out, "iid-quant-huffman", "summary.json")) as f:
+    run_dir = os.path.join(out, "iid-quant-huffman")
+    with open(os.path.join(run_dir, "summary.json")) as f:
         per = json.load(f)["timing"]["per_round"]
-    return [r["train_wall_s"] + r.get("evaluate_wall_s", 0.0) for r in per[1:]]
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        csv = f.read()
+    return [r["train_wall_s"] + r.get("evaluate_wall_s", 0.0) for r in per[1:]], csv
 
 
 def median_of(runs: list[list]) -> float:
@@ -76,15 +91,23 @@ def median_of(runs: list[list]) -> float:
 
 
 def measure(model, k, c, rounds, limit, reps, work, which=("local-1t", "local-2t", "sim")):
-    row = {}
+    """{variant: median of the runs' medians}; AssertionError when a sim run's metrics.csv is
+    not the 1-thread local run's (the oracle: equal bit for bit)."""
+    row, csvs = {}, {}
     for name in which:
         runs = []
         for _ in range(reps):
             if name == "sim":
-                runs.append(sim_rounds(model, k, c, rounds, limit, work))
+                times, csv = sim_rounds(model, k, c, rounds, limit, work)
             else:
-                runs.append(local_rounds(model, k, c, rounds, limit, int(name[-2])))
+                times, csv = local_rounds(model, k, c, rounds, limit, int(name[-2]))
+            runs.append(times)
+            csvs.setdefault(name, csv)
+            if name in ("sim", "local-1t") and csvs[name] != csv:
+                raise AssertionError(f"{model} K={k} C={c}: {name} is not deterministic")
         row[name] = median_of(runs)
+    if "sim" in csvs and "local-1t" in csvs and csvs["sim"] != csvs["local-1t"]:
+        raise AssertionError(f"{model} K={k} C={c}: the sim's metrics.csv is not the local run's")
     return row
 
 
