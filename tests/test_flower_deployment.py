@@ -18,7 +18,8 @@ import pytest
 
 pytest.importorskip("flwr", reason="needs Flower: pip install 'refsim[flower]'")
 
-from flower_local import LocalDeployment  # noqa: E402  (tests/ is on sys.path under pytest)
+from flower_local import (LocalDeployment, _descendants, is_loopback,  # noqa: E402
+                          listening_sockets)  # (tests/ is on sys.path under pytest)
 
 from refsim.cli.run_settings import make_partition  # noqa: E402
 from refsim.fedavg import metrics_csv, run_fedavg  # noqa: E402
@@ -44,9 +45,13 @@ def test_three_supernodes_give_the_in_process_run_bit_for_bit(tmp_path):
                                    data.y_train, None)  # refsim run's partition, K = 3
         expected = run_fedavg(s.config, s.model(), data, partition)
         out = deployment.wait(timeout=110)
+        pids = [q for p in deployment.procs for q in (p.pid, *_descendants(p.pid))]
+        heard = listening_sockets(pids)  # the SuperLink's and SuperNodes' servers
     finally:
         deployment.stop()  # every process started, and what they started, by PID
 
+    assert deployment.port in {port for _, port, _ in heard}, heard
+    assert len(heard) >= 4 and all(is_loopback(a) for a, _, _ in heard), sorted(heard)
     assert [r.clients for r in expected.rounds] == [(1, 2), (0, 2)]  # sampling matters
     assert (tmp_path / "out" / "metrics.csv").read_text() == metrics_csv(expected.rounds)
     np.testing.assert_array_equal(np.load(os.path.join(out, "final_weights.npy")),
