@@ -9,8 +9,11 @@ ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json 
 directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
 
 What the app does not offer is refused here, with one line: FEMNIST, CIFAR-10, the writers partition,
-tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
-robust aggregators. Ray's child processes inherit one BLAS thread per CPU of a client
+tff-compression, --backend cupy, --client-stack > 1, --progress tff, the robust aggregators.
+The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume`` (from the run
+directory's checkpoint.npz, which the ServerApp writes after every round in the in-process
+format) and ``--trace`` / ``--trace-every`` (the in-process ``trace/`` files) are carried
+in the run config. Ray's child processes inherit one BLAS thread per CPU of a client
 (``--client-cpus``), so concurrent clients do not oversubscribe the cores.
 
 This module does not import ``flwr`` (the layering of setup.cfg).
@@ -59,7 +62,6 @@ def check_engine_settings(s: dict) -> None:
                ("--codec tff-compression", "tff-compression" in s["codec"]),
                ("--backend cupy", s["backend"] != "numpy"),
                ("--client-stack > 1", s["client_stack"] != 1),
-               ("--trace", bool(s["trace"])), ("--resume", bool(s["resume"])),
                ("--progress tff", s.get("progress") == "tff")]
     for what, bad in refused:
         if bad:
@@ -69,7 +71,7 @@ def check_engine_settings(s: dict) -> None:
 
 def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
     """The Flower app's run config of one run (``cfg``: its FedAvgConfig)."""
-    sv = cfg.server
+    sv, co = cfg.server, cfg.client_opt
     return {"model": s["model"], "partition": partition,
             "shards-per-client": s["shards_per_client"], "codec": codec, "bits": s["bits"],
             "downlink": s["downlink"], "downlink-bits": s["downlink_bits"],
@@ -82,8 +84,12 @@ def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
             "eval-holdout": cfg.eval_holdout, "fraction-evaluate": cfg.fraction_evaluate,
             "seed": cfg.seed, "dtype": cfg.dtype.value,
             "init": cfg.init.value, "nan-policy": cfg.nan_policy.value,
+            "client-opt": co.kind.value, "client-momentum": co.momentum,
+            "client-beta1": co.beta1, "client-beta2": co.beta2, "client-eps": co.eps,
+            "client-opt-state": co.state.value,
             "train-limit": s["train_limit"] or 0, "test-limit": s["test_limit"] or 0,
-            "out-dir": os.path.abspath(out_dir), "timeout": 3600.0}
+            "out-dir": os.path.abspath(out_dir), "resume": bool(s["resume"]),
+            "trace": bool(s["trace"]), "trace-every": s["trace_every"], "timeout": 3600.0}
 
 
 def _child_env(client_cpus: float) -> dict:
