@@ -13,7 +13,8 @@ tff-compression, --backend cupy, --client-stack > 1, --progress tff, the robust 
 The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume`` (from the run
 directory's checkpoint.npz, which the ServerApp writes after every round in the in-process
 format) and ``--trace`` / ``--trace-every`` (the in-process ``trace/`` files) are carried
-in the run config. Ray's child processes inherit one BLAS thread per CPU of a client
+in the run config; a checkpoint that does not fit the run is refused here (exit 2, as the
+in-process run refuses it), before Ray starts, and the ServerApp checks it again. Ray's child processes inherit one BLAS thread per CPU of a client
 (``--client-cpus``), so concurrent clients do not oversubscribe the cores.
 
 This module does not import ``flwr`` (the layering of setup.cfg).
@@ -27,8 +28,11 @@ import os
 import subprocess
 import sys
 
+from refsim.backend import Purpose, make_rng
 from refsim.cli._common import UsageError
 from refsim.cli.run_settings import batch_label
+from refsim.fedavg.loop import resume_point
+from refsim.fedavg.named import MODELS
 
 __all__ = ["ENGINES", "check_engine_settings", "run_config", "run_flower_sim"]
 
@@ -110,6 +114,15 @@ def run_flower_sim(s: dict, pairs, configs, out: str) -> int:
             if os.path.exists(os.path.join(run_dir, stale)):
                 os.remove(os.path.join(run_dir, stale))
         cfg = configs[(c, e, b)]
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
+        if s["resume"] and os.path.exists(ckpt):  # refused here, before Ray starts
+            model = MODELS[s["model"]]()
+            w0 = model.init(make_rng(cfg.seed, Purpose.INIT), cfg.init.value, cfg.dtype.np)
+            try:
+                resume_point(ckpt, cfg, model, s["clients"], w0)
+            except ValueError as err:  # as the in-process run: exit 2
+                print(f"refsim run: error: {name}: {err}", file=sys.stderr)
+                return 2
         request = {"run_config": run_config(cfg, s, p, c, run_dir),
                    "expected": json.loads(json.dumps(cfg.to_dict())),
                    "num_clients": s["clients"], "client_cpus": float(s["client_cpus"]),
