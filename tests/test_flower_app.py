@@ -487,6 +487,10 @@ def test_a_client_optimizer_state_of_the_wrong_kind_is_refused_naming_the_client
                                          "'exp_avg' is float32 \\(3,\\)"):
         refsim.flower.client_app(msg, _context(101, 1, 3, rc))
     reset = {**settings.RUN_CONFIG, **SMALL, "client-opt": "adam"}
+    strategy, msgs, replies = _round_one(reset)
+    with pytest.raises(ValueError, match="train reply of client 1: carries an optimizer state, "
+                                         "but client-opt-state is 'reset'"):
+        strategy.aggregate_train(1, [with_state(replies[0], state), replies[1]])
     msg, *_ = _train_message(reset, 2, 1, 101)
     msg.content["opt-state"] = wire.opt_state_record(state)
     with pytest.raises(ValueError, match="train message of client 1: carries an optimizer "

@@ -162,21 +162,21 @@ class RefsimFedAvg(FedAvg):
         by_client = self._by_client(replies, S_t, "train", t)
         reports, clients_timing = [], {}
         state, kept = split_client_states(self.state)
-        like = init_client_state(cfg.client_opt, self.initial_params)  # names, dtypes, shapes
         for k in S_t:
             content = by_client[k].content
             report, seconds = read_report_content(content, k, cfg.codec is not None)
             reports.append(report)
             clients_timing[str(k)] = seconds
             what = f"train reply of client {k}"
-            new_state = read_opt_state(content, like, what)
-            if self._keep and new_state is None:
+            if not self._keep:
+                if "opt-state" in content:
+                    raise ValueError(f"{what}: carries an optimizer state, but "
+                                     f"client-opt-state is {cfg.client_opt.state.value!r}")
+                continue
+            like = init_client_state(cfg.client_opt, self.initial_params)  # names, dtypes, shapes
+            kept[k] = read_opt_state(content, like, what)
+            if kept[k] is None:
                 raise ValueError(f"{what}: no optimizer state (client-opt-state is 'keep')")
-            if not self._keep and new_state is not None:
-                raise ValueError(f"{what}: an optimizer state, but client-opt-state is "
-                                 f"{cfg.client_opt.state.value!r}")
-            if self._keep:
-                kept[k] = new_state
         params, state, facts = aggregate_round(self.params, state, t, reports, cfg, self.model)
         self.params, self.state = params, join_client_states(state, kept)
         self._round["facts"].update(facts)
