@@ -14,8 +14,10 @@ The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume`` (
 directory's checkpoint.npz, which the ServerApp writes after every round in the in-process
 format) and ``--trace`` / ``--trace-every`` (the in-process ``trace/`` files) are carried
 in the run config; a checkpoint that does not fit the run is refused here (exit 2, as the
-in-process run refuses it), before Ray starts, and the ServerApp checks it again. Ray's child processes inherit one BLAS thread per CPU of a client
-(``--client-cpus``), so concurrent clients do not oversubscribe the cores.
+in-process run refuses it), before Ray starts, and the ServerApp checks it again.
+
+Ray's child processes inherit one BLAS thread per CPU of a client (``--client-cpus``), so
+concurrent clients do not oversubscribe the cores.
 
 This module does not import ``flwr`` (the layering of setup.cfg).
 """
