@@ -70,3 +70,40 @@ def contiguous_partition(sizes) -> list:
     """Client k gets the next ``sizes[k]`` examples (deterministic, unequal n_k)."""
     ends = np.cumsum(sizes)
     return [np.arange(e - n, e) for n, e in zip(sizes, ends)]
+
+
+def assert_same_checkpoint(actual: str, expected: str) -> None:
+    """Two checkpoint.npz files hold the same round, weights, run state (kept client optimizer
+    states included) and meta, array for array, bit for bit (the zip bytes differ: np.savez
+    stamps the time)."""
+    from refsim.fedavg.storage import load_checkpoint
+    t_a, p_a, s_a, m_a = load_checkpoint(actual)
+    t_e, p_e, s_e, m_e = load_checkpoint(expected)
+    assert t_a == t_e and m_a == m_e, "round or meta"
+    assert p_a.dtype == p_e.dtype
+    np.testing.assert_array_equal(p_a, p_e, err_msg="params")
+    assert sorted(s_a) == sorted(s_e), "state keys"
+    for k in s_e:
+        assert s_a[k].dtype == s_e[k].dtype, k
+        np.testing.assert_array_equal(s_a[k], s_e[k], err_msg=f"state {k}")
+
+
+def assert_same_trace(actual: str, expected: str) -> None:
+    """Two trace/ folders: the same files; the JSON byte for byte; every npz array equal, of
+    the same dtype (npz bytes carry a time stamp)."""
+    import os
+
+    from refsim.safe_npz import read_npz
+    names = sorted(os.listdir(expected))
+    assert sorted(os.listdir(actual)) == names and names, (sorted(os.listdir(actual)), names)
+    for name in names:
+        a, e = os.path.join(actual, name), os.path.join(expected, name)
+        if name.endswith(".json"):
+            with open(a, "rb") as fa, open(e, "rb") as fe:
+                assert fa.read() == fe.read(), name
+            continue
+        za, ze = read_npz(a), read_npz(e)
+        assert sorted(za) == sorted(ze), name
+        for k in ze:
+            assert za[k].dtype == ze[k].dtype, f"{name} {k}"
+            np.testing.assert_array_equal(za[k], ze[k], err_msg=f"{name} {k}")

@@ -1,10 +1,14 @@
 """refsim.flower without Flower's engine: the ClientApp and the strategy called directly on
 constructed messages, and Flower's own ``Strategy.start`` loop driven through an in-memory Grid
 that hands each message to the ClientApp. The whole app must give ``run_fedavg``'s weights and
-metrics bit for bit; malformed messages must fail with errors that name the problem.
+metrics bit for bit, with client optimizers, checkpoints, resume and traces too; malformed
+messages must fail with errors that name the problem.
 (The same app on a real SuperLink and SuperNodes: tests/test_flower_deployment.py.)"""
 
+import json
 import os
+import re
+import shutil
 import tomllib
 
 import numpy as np
@@ -29,6 +33,10 @@ from refsim.fedavg import (ClientHParams, decode_broadcast, encode_broadcast,  #
 from refsim.flower import settings, wire  # noqa: E402
 from refsim.flower.serverapp import discover_clients, run_server  # noqa: E402
 from refsim.flower.strategy import RefsimFedAvg  # noqa: E402
+from refsim.fedavg.run_lock import RunDirBusy, lock_run_dir  # noqa: E402
+from refsim.fedavg.storage import load_checkpoint  # noqa: E402
+from refsim.safe_npz import read_npz  # noqa: E402
+from checks import assert_same_checkpoint, assert_same_trace  # noqa: E402
 
 pytestmark = pytest.mark.flower
 
@@ -432,3 +440,207 @@ def test_the_flower_records_carry_every_number_exactly():
         wire.read_instruction_content(RecordDict({"arrays": ArrayRecord()}), False, "train")
     with pytest.raises(ValueError, match="it comes from partition-id 1"):
         wire.read_report_content(content, 2, coded=True)
+
+
+# -- client optimizers, checkpoint and resume, trace (feature parity with refsim run) ----------
+
+OPTS = {"momentum-reset": {"client-opt": "momentum", "client-momentum": 0.8},
+        "adam-keep": {"client-opt": "adam", "lr": 0.01, "client-opt-state": "keep"},
+        "adam-tff-keep": {"client-opt": "adam-tff", "lr": 0.01, "client-eps": 1e-7,
+                          "client-opt-state": "keep"}}
+
+
+def _in_process_run_dir(run_config: dict, run_dir, num: int = 3, **kwargs):
+    """run_fedavg of the run config with a run directory (checkpoint, trace), K = num."""
+    s = settings.app_settings(run_config)
+    data = settings.load_data(s)
+    parts = run_settings.make_partition(s.partition, {"seed": s.config.seed, "clients": num,
+                                                      "shards_per_client": s.shards_per_client},
+                                        data.y_train, None)
+    return run_fedavg(s.config, s.model(), data, parts, run_dir=run_dir, **kwargs)
+
+
+def _same_files(out, expected) -> None:
+    with open(os.path.join(out, "metrics.csv")) as f:
+        assert f.read() == metrics_csv(expected.rounds)
+    w = np.load(os.path.join(out, "final_weights.npy"))
+    assert w.dtype == expected.params.dtype
+    np.testing.assert_array_equal(w, expected.params)
+
+
+def test_run_config_carries_the_client_optimizer_refsim_run_builds():
+    rc = {**settings.RUN_CONFIG, **OPTS["adam-tff-keep"], "client-beta1": 0.8,
+          "client-beta2": 0.99}
+    s = {k.replace("-", "_"): v for k, v in rc.items()}
+    expected = run_settings.make_config({**run_settings.RUN_DEFAULTS, **s}, rc["codec"], 1, 10)
+    cfg = settings.fedavg_config(rc)
+    assert cfg == expected and cfg.client_opt.to_dict() == {
+        "kind": "adam-tff", "momentum": 0.9, "beta1": 0.8, "beta2": 0.99, "eps": 1e-7,
+        "state": "keep"}
+    with pytest.raises(ValueError, match="^run config: client-opt = 'lamb' is not one of"):
+        settings.fedavg_config({**rc, "client-opt": "lamb"})
+    with pytest.raises(ValueError, match="^run config: client_opt.state 'keep' needs a client "
+                                         "optimizer with a state"):
+        settings.fedavg_config({**rc, "client-opt": "sgd"})
+    with pytest.raises(ValueError, match="^run config: trace must be true or false, got 1"):
+        settings.app_settings({**settings.RUN_CONFIG, "trace": 1})
+
+
+@pytest.mark.parametrize("opt", sorted(OPTS))
+def test_client_optimizers_give_run_fedavg_bit_for_bit_and_its_checkpoint(opt, tmp_path):
+    """reset: a fresh state on the node each round; keep: client k's state goes out with its
+    train message and comes back with the reply, held (and checkpointed) by the server."""
+    rc = {**settings.RUN_CONFIG, **SMALL, **OPTS[opt], "rounds": 3}
+    expected = _in_process_run_dir(rc, tmp_path / "local")
+    s = settings.app_settings(rc)
+    grid = _deployment(rc)
+    run_server(grid, s, str(tmp_path / "out"), rc, 7)
+    _same_files(tmp_path / "out", expected)
+    assert_same_checkpoint(tmp_path / "out" / "checkpoint.npz",
+                           tmp_path / "local" / "checkpoint.npz")
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    carried = [(int(m.content["config"]["server-round"]), m.metadata.dst_node_id - 100)
+               for m in trains if "opt-state" in m.content]
+    trained = [(r.round, k) for r in expected.rounds for k in r.clients]
+    if opt.endswith("keep"):  # every client that trained before gets its state back
+        assert carried == [(t, k) for t, k in trained if any(
+            k2 == k and t2 < t for t2, k2 in trained)] and carried
+        _, _, state, _ = load_checkpoint(tmp_path / "out" / "checkpoint.npz")
+        assert {key.split(".")[0] for key in state} == {f"client{k}" for _, k in trained}
+    else:
+        assert carried == []
+
+
+def test_a_client_optimizer_state_of_the_wrong_kind_is_refused_naming_the_client():
+    rc = {**settings.RUN_CONFIG, **SMALL, **OPTS["adam-keep"]}
+    strategy, msgs, replies = _round_one(rc)
+    state = wire.read_opt_state(replies[0].content, {"step": np.int64(0),
+                                                     "exp_avg": np.zeros(7850, np.float32),
+                                                     "exp_avg_sq": np.zeros(7850, np.float32)},
+                                "x")
+    assert int(state["step"]) == 20 and isinstance(state["step"], np.int64)  # 400 / B 20
+
+    def with_state(reply, opt_state):
+        content = RecordDict({"report": reply.content["report"],
+                              "update": reply.content["update"]})
+        if opt_state is not None:
+            content["opt-state"] = wire.opt_state_record(opt_state)
+        return Message(content, reply_to=msgs[[101, 102].index(reply.metadata.src_node_id)])
+
+    for bad, says in [({**state, "exp_avg": state["exp_avg"][:10]},
+                       "optimizer state 'exp_avg' is float32 (10,), expected float32 (7850,)"),
+                      ({**state, "exp_avg_sq": state["exp_avg_sq"].astype(np.float64)},
+                       "optimizer state 'exp_avg_sq' is float64 (7850,), expected float32 (7850,)"),
+                      ({**state, "step": np.int32(20)},
+                       "optimizer state 'step' is int32 (), expected int64 ()"),
+                      ({"step": state["step"]}, "optimizer state holds ['step'], expected"),
+                      (None, "no optimizer state (client-opt-state is 'keep')")]:
+        strategy, msgs, replies = _round_one(rc)
+        with pytest.raises(ValueError, match=re.escape(f"train reply of client 1: {says}")):
+            strategy.aggregate_train(1, [with_state(replies[0], bad), replies[1]])
+    # The node checks what the server sends it the same way, and refuses a state under reset.
+    msg, s, w, payload = _train_message(rc, 2, 1, 101)
+    msg.content["opt-state"] = wire.opt_state_record({**state, "exp_avg": state["exp_avg"][:3]})
+    with pytest.raises(ValueError, match="train message of client 1: optimizer state "
+                                         "'exp_avg' is float32 \\(3,\\)"):
+        refsim.flower.client_app(msg, _context(101, 1, 3, rc))
+    reset = {**settings.RUN_CONFIG, **SMALL, "client-opt": "adam"}
+    strategy, msgs, replies = _round_one(reset)
+    with pytest.raises(ValueError, match="train reply of client 1: carries an optimizer state, "
+                                         "but client-opt-state is 'reset'"):
+        strategy.aggregate_train(1, [with_state(replies[0], state), replies[1]])
+    msg, *_ = _train_message(reset, 2, 1, 101)
+    msg.content["opt-state"] = wire.opt_state_record(state)
+    with pytest.raises(ValueError, match="train message of client 1: carries an optimizer "
+                                         "state, but client-opt-state is 'reset'"):
+        refsim.flower.client_app(msg, _context(101, 1, 3, reset))
+
+
+class FailingGrid(InlineGrid):
+    """InlineGrid whose nodes fail every train message of round ``t``."""
+
+    def __init__(self, contexts, t: int):
+        super().__init__(contexts)
+        self.t = t
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        for msg in messages:
+            if msg.metadata.message_type == "train" and \
+                    msg.content["config"]["server-round"] == self.t:
+                msg.content["config"]["refsim-client"] = -1  # the node refuses it
+        return super().push_messages(messages)
+
+
+def test_an_interrupted_run_resumes_bit_for_bit_on_flower_and_in_process(tmp_path):
+    """The ServerApp writes the in-process checkpoint after every round; a run stopped in round
+    3 resumes from round 2 on Flower, and its checkpoint resumes the in-process loop too, and a
+    checkpoint of the in-process loop resumes on Flower: all equal the uninterrupted run."""
+    rc = {**settings.RUN_CONFIG, **SMALL, **OPTS["adam-keep"], "rounds": 4,
+          "server-opt": "momentum", "server-momentum": 0.9}
+    s = settings.app_settings(rc)
+    full = _in_process_run_dir(rc, tmp_path / "full")
+    contexts = _deployment(rc).contexts
+    out = str(tmp_path / "flower")
+    with pytest.raises(RuntimeError, match=r"round 3: client \d \(node 10\d\) failed in train"):
+        refsim.flower.server_app(FailingGrid(contexts, 3),
+                                 Context(run_id=7, node_id=0, node_config={}, state=RecordDict(),
+                                         run_config={**rc, "out-dir": out}))
+    assert (tmp_path / "flower" / "error.txt").exists()
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[0] == 2
+    shutil.copytree(out, tmp_path / "in-process")
+    grid = _deployment(rc)
+    run_server(grid, settings.app_settings({**rc, "resume": True}), out, rc, 8)
+    _same_files(out, full)
+    assert not (tmp_path / "flower" / "error.txt").exists()  # of the interrupted run
+    assert_same_checkpoint(os.path.join(out, "checkpoint.npz"),
+                           tmp_path / "full" / "checkpoint.npz")
+    trained = {int(m.content["config"]["server-round"]) for m in grid.sent
+               if m.metadata.message_type == "train"}
+    assert trained == {3, 4}
+    summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
+    assert summary["resumed_after_round"] == 2 and summary["rounds"] == 4
+    assert [r["round"] for r in summary["timing"]["per_round"]] == [3, 4]
+    # The Flower checkpoint resumes the in-process loop ...
+    resumed = _in_process_run_dir(rc, tmp_path / "in-process", resume=True)
+    assert metrics_csv(resumed.rounds) == metrics_csv(full.rounds)
+    np.testing.assert_array_equal(resumed.params, full.params)
+
+    # ... and an in-process checkpoint of round 2 resumes on Flower.
+    def stop_after_2(row):
+        if row.round == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _in_process_run_dir(rc, tmp_path / "local", on_round=stop_after_2)
+    run_server(_deployment(rc), settings.app_settings({**rc, "resume": True}),
+               str(tmp_path / "local"), rc, 9)
+    _same_files(tmp_path / "local", full)
+    # Without resume the run starts over; another run's checkpoint is refused.
+    run_server(_deployment(rc), s, out, rc, 10)
+    _same_files(out, full)
+    other = {**rc, "lr": 0.02}
+    with pytest.raises(ValueError, match="checkpoint.npz was written by a different run"):
+        run_server(_deployment(other), settings.app_settings({**other, "resume": True}), out,
+                   other, 11)
+
+
+def test_the_trace_is_the_in_process_trace(tmp_path):
+    rc = {**settings.RUN_CONFIG, **SMALL, "partition": "shards", "eval-holdout": 0.2,
+          "rounds": 3, "epochs": 2, "trace": True, "trace-every": 2}
+    expected = _in_process_run_dir(rc, tmp_path / "local", trace=True, trace_every=2)
+    run_server(_deployment(rc), settings.app_settings(rc), str(tmp_path / "out"), rc, 7)
+    _same_files(tmp_path / "out", expected)
+    assert_same_trace(tmp_path / "out" / "trace", tmp_path / "local" / "trace")
+    has = [read_npz(str(tmp_path / "out" / "trace" / f"round_{t:06d}.npz")).keys() >= {"weights"}
+           for t in (1, 2, 3)]
+    assert has == [False, True, True]  # every 2nd round and the last
+
+
+def test_a_second_server_app_on_a_locked_out_dir_stops_and_leaves_its_files(tmp_path):
+    rc = {**settings.RUN_CONFIG, **SMALL, "out-dir": str(tmp_path / "out")}
+    context = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with lock_run_dir(tmp_path / "out"):
+        with pytest.raises(RunDirBusy, match=f"PID {os.getpid()}"):
+            refsim.flower.server_app(_deployment(rc), context)
+        assert os.listdir(tmp_path / "out") == ["run.lock"]  # no error.txt, no checkpoint

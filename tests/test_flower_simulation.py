@@ -6,7 +6,9 @@ PID with every process it started).
 Both runs of a comparison are ``refsim run`` child processes with one BLAS thread
 (OpenBLAS's sums depend on its thread count: at 2 threads vs 1 the test loss of the same
 weights differs in the 8th digit), the thread count ``--engine flower-sim`` gives its clients
-at ``--client-cpus 1``. Ray tests: skipped when ray is absent; about 40 s and 30 s on 2 cores.
+at ``--client-cpus 1``. Client optimizers (their kept states), --trace and --resume give the
+in-process files too. Ray tests: skipped when ray is absent; about 40 s and 30 s on 2 cores
+(the bit-identity and Ray-head tests), 20-30 s each for the parity tests.
 """
 
 import json
@@ -23,10 +25,13 @@ import pytest
 
 pytest.importorskip("flwr", reason="needs Flower: pip install 'refsim[flower]'")
 
+from checks import assert_same_checkpoint, assert_same_trace  # noqa: E402
 from flower_local import (_alive, _descendants, free_port, is_loopback,  # noqa: E402
                           listening_sockets)
 
 from refsim.cli.run_flower_sim import LOOPBACK_ENV  # noqa: E402
+
+from refsim.fedavg.storage import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.flower
 needs_ray = pytest.mark.skipif(
@@ -145,8 +150,7 @@ def test_femnist_by_writer_runs_207_virtual_supernodes_bit_for_bit(tmp_path):
      "--dataset cifar10"),
     (["--codec", "tff-compression"], "--codec tff-compression"),
     (["--client-stack", "2"], "--client-stack > 1"),
-    (["--trace"], "--trace"),
-    (["--client-opt", "adam", "--lr", "0.001"], "client_opt = {'kind': 'adam'"),  # checked by the app
+    (["--progress", "tff"], "--progress tff"),
 ])
 def test_what_the_app_cannot_do_is_refused_with_one_line(tmp_path, flags, says):
     r = _refsim(["--engine", "flower-sim", *SMALL, *flags, "--out", str(tmp_path / "o")])
@@ -172,6 +176,72 @@ def test_a_failed_simulation_ends_with_one_line_as_the_in_process_run(tmp_path):
     run_dir = tmp_path / "sim" / "iid-float"
     assert "NonFiniteUpdateError" in (run_dir / "error.txt").read_text()
     assert (run_dir / "flower_sim.log").stat().st_size > 0
+# K = 10, C = 0.3, 4 rounds of 60 examples a client: the features beyond plain FedAvg.
+PARITY = [*SMALL, "--clients", "10", "--fraction", "0.3", "--rounds", "4",
+          "--train-limit", "600"]
+RUN = "iid-quant-huffman"
+
+
+@needs_ray
+def test_client_optimizer_state_and_trace_on_the_simulation_engine(tmp_path):
+    """Adam with each client's state kept across rounds (held by the ServerApp, travelling with
+    the messages), the trace and the checkpoint: the in-process run's files."""
+    args = [*PARITY, "--client-opt", "adam", "--lr", "0.01", "--client-opt-state", "keep",
+            "--trace", "--trace-every", "3"]
+    local = _refsim([*args, "--out", str(tmp_path / "local")])
+    assert local.returncode == 0, local.stderr
+    sim = _refsim([*args, "--engine", "flower-sim", "--out", str(tmp_path / "sim")])
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    _same_run(str(tmp_path / "local" / RUN), str(tmp_path / "sim" / RUN))
+    assert_same_trace(tmp_path / "sim" / RUN / "trace", tmp_path / "local" / RUN / "trace")
+    assert_same_checkpoint(tmp_path / "sim" / RUN / "checkpoint.npz",
+                           tmp_path / "local" / RUN / "checkpoint.npz")
+    state = load_checkpoint(tmp_path / "sim" / RUN / "checkpoint.npz")[2]
+    assert any(k.endswith(".exp_avg") for k in state)  # the kept client states
+
+
+INTERRUPT = """
+import sys
+from refsim.cli import build_parser
+from refsim.cli.run_settings import grid, make_config, make_data, make_partition, settings
+from refsim.fedavg import run_fedavg
+from refsim.fedavg.named import MODELS
+s = settings(build_parser().parse_args(["run", *sys.argv[2:]]))
+(e, b), = grid(s)
+data, _, _ = make_data(s)
+def stop(row):
+    if row.round == 2:
+        raise SystemExit(0)
+run_fedavg(make_config(s, s["codec"][0], e, b), MODELS[s["model"]](), data,
+           make_partition(s["partition"][0], s, data.y_train, None), run_dir=sys.argv[1],
+           on_round=stop)
+"""
+
+
+@needs_ray
+def test_resume_on_the_simulation_engine_continues_an_interrupted_run_bit_for_bit(tmp_path):
+    """An in-process run of 4 rounds stopped after round 2 (what refsim run leaves when
+    killed then: checkpoint.npz) is resumed by --engine flower-sim --resume: the kept
+    momentum states come from the checkpoint, and the result is the uninterrupted run's."""
+    args = [*PARITY, "--client-opt", "momentum", "--client-opt-state", "keep",
+            "--server-opt", "momentum", "--server-momentum", "0.9"]
+    local = _refsim([*args, "--out", str(tmp_path / "local")])
+    assert local.returncode == 0, local.stderr
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPT, str(tmp_path / "sim" / RUN),
+                              *args], env=_env(), capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert load_checkpoint(tmp_path / "sim" / RUN / "checkpoint.npz")[0] == 2
+    sim = _refsim([*args, "--engine", "flower-sim", "--resume", "--out", str(tmp_path / "sim")])
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    _same_run(str(tmp_path / "local" / RUN), str(tmp_path / "sim" / RUN))
+    summary = json.loads((tmp_path / "sim" / RUN / "summary.json").read_text())
+    assert summary["resumed_after_round"] == 2
+    assert [r["round"] for r in summary["timing"]["per_round"]] == [3, 4]
+    # A checkpoint of another config is refused with one line (exit 2, as in process).
+    other = _refsim([*args, "--lr", "0.05", "--engine", "flower-sim", "--resume",
+                     "--out", str(tmp_path / "sim")])
+    assert other.returncode == 2 and "written by a different run" in other.stderr, other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1, other.stderr
 
 
 def test_ray_flags_need_the_simulation_engine(tmp_path):

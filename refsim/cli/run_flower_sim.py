@@ -15,9 +15,15 @@ K is ``--clients``, or for the writers partition the number of writers (FEMNIST 
 virtual SuperNodes, each evaluated on its writer's test set, as ``refsim run``).
 
 What the app does not offer is refused here, with one line: CIFAR-10 (read from a folder, not
-embedded), tff-compression, --backend cupy, --client-stack > 1, --trace, --resume, --progress tff, the
-robust aggregators. Ray's child processes inherit one BLAS thread per CPU of a client
-(``--client-cpus``), so concurrent clients do not oversubscribe the cores.
+embedded), tff-compression, --backend cupy, --client-stack > 1, --progress tff, the robust
+aggregators. The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume``
+(from the run directory's checkpoint.npz, which the ServerApp writes after every round in the
+in-process format) and ``--trace`` / ``--trace-every`` (the in-process ``trace/`` files) are
+carried in the run config; a checkpoint that does not fit the run is refused here (exit 2, as
+the in-process run refuses it), before Ray starts, and the ServerApp checks it again.
+
+Ray's child processes inherit one BLAS thread per CPU of a client (``--client-cpus``), so
+concurrent clients do not oversubscribe the cores.
 
 This module does not import ``flwr`` (the layering of setup.cfg).
 """
@@ -30,8 +36,11 @@ import os
 import subprocess
 import sys
 
+from refsim.backend import Purpose, make_rng
 from refsim.cli._common import UsageError
 from refsim.cli.run_settings import batch_label
+from refsim.fedavg.loop import resume_point
+from refsim.fedavg.named import MODELS
 
 # Ray 2.55 turns a node IP of 127.0.0.1 into the machine's address and its gRPC servers listen on
 # every interface; with its single-machine mode (meant for Windows and macOS) the node IP stays
@@ -70,7 +79,6 @@ def check_engine_settings(s: dict) -> None:
                ("--codec tff-compression", "tff-compression" in s["codec"]),
                ("--backend cupy", s["backend"] != "numpy"),
                ("--client-stack > 1", s["client_stack"] != 1),
-               ("--trace", bool(s["trace"])), ("--resume", bool(s["resume"])),
                ("--progress tff", s.get("progress") == "tff")]
     for what, bad in refused:
         if bad:
@@ -80,7 +88,7 @@ def check_engine_settings(s: dict) -> None:
 
 def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
     """The Flower app's run config of one run (``cfg``: its FedAvgConfig)."""
-    sv = cfg.server
+    sv, co = cfg.server, cfg.client_opt
     return {"dataset": s["dataset"], "model": s["model"], "partition": partition,
             "shards-per-client": s["shards_per_client"], "codec": codec, "bits": s["bits"],
             "downlink": s["downlink"], "downlink-bits": s["downlink_bits"],
@@ -93,8 +101,12 @@ def run_config(cfg, s: dict, partition: str, codec: str, out_dir: str) -> dict:
             "eval-holdout": cfg.eval_holdout, "fraction-evaluate": cfg.fraction_evaluate,
             "seed": cfg.seed, "dtype": cfg.dtype.value,
             "init": cfg.init.value, "nan-policy": cfg.nan_policy.value,
+            "client-opt": co.kind.value, "client-momentum": co.momentum,
+            "client-beta1": co.beta1, "client-beta2": co.beta2, "client-eps": co.eps,
+            "client-opt-state": co.state.value,
             "train-limit": s["train_limit"] or 0, "test-limit": s["test_limit"] or 0,
-            "out-dir": os.path.abspath(out_dir), "timeout": 3600.0}
+            "out-dir": os.path.abspath(out_dir), "resume": bool(s["resume"]),
+            "trace": bool(s["trace"]), "trace-every": s["trace_every"], "timeout": 3600.0}
 
 
 def _child_env(client_cpus: float, ray_address: str | None) -> dict:
@@ -126,6 +138,15 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
             if os.path.exists(os.path.join(run_dir, stale)):
                 os.remove(os.path.join(run_dir, stale))
         cfg = configs[(c, e, b)]
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
+        if s["resume"] and os.path.exists(ckpt):  # refused here, before Ray starts
+            model = MODELS[s["model"]]()
+            w0 = model.init(make_rng(cfg.seed, Purpose.INIT), cfg.init.value, cfg.dtype.np)
+            try:
+                resume_point(ckpt, cfg, model, len(parts[p]), w0)
+            except ValueError as err:  # as the in-process run: exit 2
+                print(f"refsim run: error: {name}: {err}", file=sys.stderr)
+                return 2
         request = {"run_config": run_config(cfg, s, p, c, run_dir),
                    "expected": json.loads(json.dumps(cfg.to_dict())),
                    "num_clients": len(parts[p]), "client_cpus": float(s["client_cpus"]),

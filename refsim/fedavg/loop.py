@@ -52,7 +52,8 @@ from refsim.fedavg.storage import (FORMAT_VERSION, check_resumable, load_checkpo
                                    write_npz)
 from refsim.nn import Model
 
-__all__ = ["sample_clients", "evaluation_clients", "run_round", "finish_round", "run_fedavg"]
+__all__ = ["sample_clients", "evaluation_clients", "run_round", "finish_round", "run_fedavg",
+           "checkpoint_meta", "resume_point"]
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, m: int,
@@ -193,19 +194,14 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
         if len(eval_partition) != K:
             raise ValueError(f"eval_partition has {len(eval_partition)} clients, the "
                              f"partition {K}")
-    meta = {"config": config.to_dict(), "model": model.name, "num_clients": K}
+    meta = checkpoint_meta(config, model, K)
     ckpt = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.npz")
     params = model.init(make_rng(config.seed, Purpose.INIT), config.init.value, config.dtype.np)
     w0 = params.copy()
     state, rows, start = init_server_state(config.server, params, config.aggregator), [], 1
     if resume and ckpt is not None and os.path.exists(ckpt):
-        done, params, state, saved = load_checkpoint(ckpt)
-        if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
-            raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
-        like = {**init_server_state(config.server, w0, config.aggregator),
-                **client_state_like(config.client_opt, w0, split_client_states(state)[1])}
-        check_resumable(ckpt, done, params, state, saved, w0, like, config.rounds)
-        rows, start = [RoundMetrics.from_dict(d) for d in saved["metrics"]], done + 1
+        done, params, state, rows = resume_point(ckpt, config, model, K, w0)
+        start = done + 1
     if trace:
         if run_dir is None:
             raise ValueError("trace=True needs a run_dir")
@@ -232,6 +228,28 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
         if on_round is not None:
             on_round(row)
     return History(tuple(rows), to_numpy(params), w0)
+
+
+def checkpoint_meta(config: FedAvgConfig, model: Model, num_clients: int) -> dict:
+    """What a checkpoint records of its run (besides the metrics rows); a resumed run must
+    have the same."""
+    return {"config": config.to_dict(), "model": model.name, "num_clients": num_clients}
+
+
+def resume_point(ckpt: str, config: FedAvgConfig, model: Model, num_clients: int, w0):
+    """(d, w_{d+1}, run state, the d metrics rows) of checkpoint ``ckpt``, after checking
+    that it was written by this run (config, model, K: ValueError otherwise) and that its
+    arrays fit (``storage.check_resumable``; ``w0`` gives P and the dtype). The run state
+    holds the server optimizer's arrays and the kept client states (``client<k>.<name>``).
+    The Flower ServerApp resumes through this function too."""
+    meta = checkpoint_meta(config, model, num_clients)
+    done, params, state, saved = load_checkpoint(ckpt)
+    if {k: saved.get(k) for k in meta} != json.loads(json.dumps(meta)):
+        raise ValueError(f"{ckpt} was written by a different run (config, model or K differ)")
+    like = {**init_server_state(config.server, w0, config.aggregator),
+            **client_state_like(config.client_opt, w0, split_client_states(state)[1])}
+    check_resumable(ckpt, done, params, state, saved, w0, like, config.rounds)
+    return done, params, state, [RoundMetrics.from_dict(d) for d in saved["metrics"]]
 
 
 def _trace_init(tdir: str, config: FedAvgConfig, model: Model, partition, w0) -> None:

@@ -24,6 +24,13 @@ S_t = ``sample_clients(seed, t, K, m)``        ``RefsimFedAvg.configure_train`` 
 federated evaluation (held-out examples)       ClientApp ``evaluate``, ``aggregate_evaluate``
 ``finish_round``: the metrics row              ``RefsimFedAvg.evaluate_round`` (evaluate_fn)
 metrics.csv, summary.json of ``refsim run``    written by the ServerApp in ``out-dir``
+client optimizer, ``client_opt.state`` RESET   the ClientApp's local steps, a fresh state each
+                                               round
+KEEP: ``client<k>.<name>`` in the run state    held by the strategy (not Flower's node
+                                               ``Context.state``), sent with k's train message,
+                                               returned with the reply
+checkpoint.npz, ``resume``, ``trace/``         the ServerApp in ``out-dir``, with the loop's
+                                               functions and its run-directory lock
 =============================================  =================================================
 
 Every client's report is a pure function of (seed, t, k) and the broadcast, and the server sums

@@ -17,6 +17,18 @@
    times; written last, so its presence means the run finished). If the run fails,
    ``error.txt`` holds the traceback instead (the SuperLink's executor does not show the
    ServerApp's output).
+4. **Checkpoint, resume, trace**, as ``run_fedavg`` with a run directory: ``checkpoint.npz``
+   after every round (``storage.save_checkpoint``, the in-process file: w_{t+1}, the server
+   optimizer state and the kept client optimizer states, the metrics rows); with ``resume``
+   the run continues from it (``loop.resume_point``: same config, model and K, else
+   ValueError) and gives the uninterrupted run's files bit for bit; with ``trace`` the
+   ``trace/`` files of ``loop._trace_init`` / ``loop._trace_round`` (the ServerApp then
+   loads the training labels, to recompute the partition the trace records; no example
+   travels). The ServerApp holds ``out-dir``'s lock (``run_lock.lock_run_dir``) for the whole
+   run, as ``run_fedavg`` holds its run directory's: a second run on the same out-dir stops
+   with RunDirBusy naming the first (and writes no error.txt into the directory it does not
+   own); the lock holder first deletes the temporary files of a killed writer and the
+   summary.json / error.txt of an earlier run.
 """
 
 from __future__ import annotations
@@ -34,8 +46,12 @@ from flwr.serverapp import Grid, ServerApp
 
 import refsim
 from refsim.fedavg import metrics_csv, metrics_jsonl, rounds_to_targets
-from refsim.fedavg.storage import atomic_write_bytes, write_json
-from refsim.flower.settings import AppSettings, app_settings, has_client_test_sets, server_data
+from refsim.fedavg.loop import _trace_init, _trace_round, checkpoint_meta, resume_point
+from refsim.fedavg.run_lock import RunDirBusy, lock_run_dir
+from refsim.fedavg.storage import (atomic_write_bytes, remove_partial_writes, save_checkpoint,
+                                   write_json)
+from refsim.flower.settings import (AppSettings, app_settings, has_client_test_sets,
+                                    server_data, train_partition)
 from refsim.flower.strategy import RefsimFedAvg
 from refsim.flower.wire import read_query_reply
 
@@ -146,15 +162,42 @@ def _versions() -> dict:
 
 
 def run_server(grid: Grid, s: AppSettings, out: str, run_config: dict, run_id: int) -> None:
-    """Discovery, T rounds, and the files of the module docstring."""
+    """Discovery, T rounds, and the files of the module docstring, with ``out`` locked."""
+    with lock_run_dir(out):
+        remove_partial_writes(out)  # what a writer killed mid-write left
+        for stale in ("summary.json", "error.txt"):  # of an earlier run in this directory
+            if os.path.exists(os.path.join(out, stale)):
+                os.remove(os.path.join(out, stale))
+        _run_locked(grid, s, out, run_config, run_id)
+
+
+def _run_locked(grid: Grid, s: AppSettings, out: str, run_config: dict, run_id: int) -> None:
+    """The body of :func:`run_server` (its arguments), with ``out`` locked."""
     start = time.perf_counter()
     clients = discover_clients(grid, s.timeout)
     discovered = time.perf_counter()
     cfg, model = s.config, s.model()
+    K = len(clients)
+    meta = checkpoint_meta(cfg, model, K)
+    ckpt, tdir = os.path.join(out, "checkpoint.npz"), os.path.join(out, "trace")
+    partition = train_partition(s, K) if s.trace else None
+
+    def after_round(row) -> None:  # as run_fedavg's loop, after each round
+        if s.trace:
+            keep = row.round % s.trace_every == 0 or row.round == cfg.rounds
+            _trace_round(tdir, cfg, partition, row, strategy.params if keep else None)
+        save_checkpoint(ckpt, row.round, strategy.params, strategy.state,
+                        {**meta, "metrics": [x.to_dict() for x in strategy.rows]})
+
     strategy = RefsimFedAvg(cfg, model, clients, server_data(s),
-                            client_test_sets=has_client_test_sets(s))
-    strategy.start(grid, ArrayRecord({"weights": Array(strategy.params)}), num_rounds=cfg.rounds,
-                   timeout=s.timeout, evaluate_fn=strategy.evaluate_round)
+                            client_test_sets=has_client_test_sets(s), on_round=after_round)
+    if s.resume and os.path.exists(ckpt):
+        strategy.restore(*resume_point(ckpt, cfg, model, K, strategy.initial_params))
+    if s.trace:
+        _trace_init(tdir, cfg, model, partition, strategy.initial_params)
+    strategy.start(grid, ArrayRecord({"weights": Array(strategy.params)}),
+                   num_rounds=cfg.rounds - strategy.done, timeout=s.timeout,
+                   evaluate_fn=strategy.evaluate_round)
     rows = strategy.rows
     os.makedirs(out, exist_ok=True)
     atomic_write_bytes(os.path.join(out, "metrics.csv"), metrics_csv(rows).encode())
@@ -166,7 +209,8 @@ def run_server(grid: Grid, s: AppSettings, out: str, run_config: dict, run_id: i
         "run": "flower", "run_id": run_id, "model": model.name, "partition": s.partition,
         "config": cfg.to_dict(), "seed": cfg.seed, "num_clients": len(clients),
         "run_config": run_config, "nodes": {str(k): clients[k] for k in sorted(clients)},
-        "versions": _versions(), "rounds": len(rows), "final_accuracy": tested[-1],
+        "versions": _versions(), "rounds": len(rows), "resumed_after_round": strategy.done,
+        "final_accuracy": tested[-1],
         "best_accuracy": max(tested), "rounds_to_target": rounds_to_targets(rows, TARGETS),
         "uplink_bits": rows[-1].uplink_bits_cum,
         "total_broadcast_bits": rows[-1].broadcast_bits_cum,
@@ -183,6 +227,8 @@ def main(grid: Grid, context: Context) -> None:
         s = app_settings(context.run_config)
         out = s.out_dir or out
         run_server(PollingGrid(grid), s, out, dict(context.run_config), context.run_id)
+    except RunDirBusy:  # out-dir is another run's: leave its files alone
+        raise
     except BaseException:
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(os.path.join(out, "error.txt"), traceback.format_exc().encode())

@@ -5,6 +5,9 @@
   ``refsim run`` under the same names, hyphenated (``batch-size`` for ``--batch-size``); every
   process of a run (the ServerApp and each ClientApp) reads the same values and builds the same
   :class:`~refsim.fedavg.FedAvgConfig` from them (:func:`fedavg_config`).
+  Besides the FedAvgConfig, three keys say what the ServerApp writes in ``out-dir``, as
+  ``refsim run``'s flags do: ``resume`` (continue from ``out-dir/checkpoint.npz``; the
+  checkpoint is written after every round either way), ``trace`` and ``trace-every``.
 * The **node config** of each SuperNode (``flower-supernode --node-config 'partition-id=k
   num-partitions=K'``) says which refsim client the node is: k in [0, K), and K, the number of
   clients of the partition (:func:`node_client`).
@@ -36,12 +39,13 @@ import numpy as np
 
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            ServerOptConfig, Weighting, from_images, holdout_split)
+from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
 from refsim.fedavg.named import CODEC_NAMES, MODELS, codec_named, images_named, partition_named
 from refsim.nn import Model
 
 __all__ = ["RUN_CONFIG", "MODELS", "DATASETS", "PARTITIONS", "CODECS", "AppSettings",
            "app_settings", "fedavg_config", "node_client", "load_data", "num_clients",
-           "client_indices", "client_test_indices", "has_client_test_sets",
+           "client_indices", "client_test_indices", "has_client_test_sets", "train_partition",
            "server_data"]
 
 # The embedded datasets (CIFAR-10 is read from a folder refsim cannot ship, so it is not offered)
@@ -63,8 +67,10 @@ RUN_CONFIG = {
     "server-opt": "sgd", "server-lr": 1.0, "server-momentum": 0.0, "server-beta1": 0.9,
     "server-beta2": 0.99, "server-tau": 1e-9, "server-bias-correction": False,
     "eval-every": 1, "eval-holdout": 0.0, "fraction-evaluate": 1.0, "seed": 0, "dtype": "float32", "init": "keras",
-    "nan-policy": "raise", "train-limit": 0, "test-limit": 0, "out-dir": "",
-    "timeout": 600.0,
+    "nan-policy": "raise", "client-opt": "sgd", "client-momentum": 0.9, "client-beta1": 0.9,
+    "client-beta2": 0.999, "client-eps": 1e-8, "client-opt-state": "reset",
+    "train-limit": 0, "test-limit": 0, "out-dir": "", "resume": False, "trace": False,
+    "trace-every": 1, "timeout": 600.0,
 }
 
 
@@ -80,6 +86,9 @@ class AppSettings:
     test_limit: int | None
     out_dir: str              # "" : the ServerApp chooses runs/flower-<run id>
     timeout: float            # seconds the ServerApp waits for nodes and for replies
+    resume: bool              # continue from out_dir/checkpoint.npz when it exists
+    trace: bool               # write out_dir/trace/ (refsim run --trace)
+    trace_every: int          # weights in the trace every trace_every rounds (and at T)
 
     def model(self) -> Model:
         return MODELS[self.model_name]()
@@ -113,6 +122,13 @@ def _real(run_config: Mapping, key: str) -> float:
     return float(value)
 
 
+def _flag(run_config: Mapping, key: str) -> bool:
+    value = _get(run_config, key)
+    if not isinstance(value, bool):
+        raise ValueError(f"run config: {key} must be true or false, got {value!r}")
+    return value
+
+
 def fedavg_config(run_config: Mapping) -> FedAvgConfig:
     """The FedAvgConfig of the run; the same values give ``refsim run`` the same config.
 
@@ -134,6 +150,12 @@ def fedavg_config(run_config: Mapping) -> FedAvgConfig:
                                  _real(rc, "server-lr"), _real(rc, "server-momentum"),
                                  _real(rc, "server-beta1"), _real(rc, "server-beta2"),
                                  _real(rc, "server-tau"), _get(rc, "server-bias-correction"))
+        client_opt = ClientOptConfig(
+            ClientOpt(_choice(rc, "client-opt", [o.value for o in ClientOpt])),
+            _real(rc, "client-momentum"), _real(rc, "client-beta1"), _real(rc, "client-beta2"),
+            _real(rc, "client-eps"),
+            ClientStatePolicy(_choice(rc, "client-opt-state",
+                                      [p.value for p in ClientStatePolicy])))
         return FedAvgConfig(
             fraction=_real(rc, "fraction"), epochs=_int(rc, "epochs", 1), batch_size=batch_size,
             lr=_real(rc, "lr"), lr_decay=_real(rc, "lr-decay"), rounds=_int(rc, "rounds", 1),
@@ -144,7 +166,8 @@ def fedavg_config(run_config: Mapping) -> FedAvgConfig:
             fraction_evaluate=_real(rc, "fraction-evaluate"),
             seed=_int(rc, "seed", 0), dtype=DType(_choice(rc, "dtype", [d.value for d in DType])),
             init=InitScheme(_choice(rc, "init", [i.value for i in InitScheme])),
-            nan_policy=NanPolicy(_choice(rc, "nan-policy", [n.value for n in NanPolicy])))
+            nan_policy=NanPolicy(_choice(rc, "nan-policy", [n.value for n in NanPolicy])),
+            client_opt=client_opt)
     except (TypeError, ValueError) as e:
         if str(e).startswith("run config:"):
             raise
@@ -180,7 +203,8 @@ def app_settings(run_config: Mapping) -> AppSettings:
                          "set: eval-holdout must be 0")
     return AppSettings(config, dataset, _choice(run_config, "model", APP_MODELS), partition,
                        _int(run_config, "shards-per-client", 1), train_limit or None,
-                       test_limit or None, out_dir, timeout)
+                       test_limit or None, out_dir, timeout, _flag(run_config, "resume"),
+                       _flag(run_config, "trace"), _int(run_config, "trace-every", 1))
 
 
 def node_client(node_config: Mapping) -> tuple[int, int]:
@@ -286,6 +310,13 @@ def has_client_test_sets(s: AppSettings) -> bool:
     _, writers_train, writers_test = _data(s.dataset, s.config.dtype.value, s.train_limit,
                                            s.test_limit)
     return bool(np.isin(writers_test, writers_train).all())
+
+
+def train_partition(s: AppSettings, num_clients: int) -> list[np.ndarray]:
+    """The training index arrays of all K clients (client k's is ``client_indices(...)[0]``):
+    what the ServerApp writes to ``trace/init.npz`` and orders the trace's batches by, as
+    ``run_fedavg`` does after ``holdout_split``. Only the trace needs it; no data travels."""
+    return list(_partition(s, num_clients)[0])
 
 
 def server_data(s: AppSettings) -> FedData:

@@ -14,10 +14,14 @@ Messages (message type, then the records of the content):
   ``{partition-id, num-partitions}`` from the node config.
 * ``train`` (server -> the node of client k, round t): ``"arrays"`` ArrayRecord
   ``{"weights": payload of w_t}`` (the broadcast, raw or downlink-coded) and ``"config"``
-  ConfigRecord ``{server-round: t, refsim-client: k}``. Reply: ``"update"`` ArrayRecord
-  ``{"delta": payload of delta_k}`` (absent when the update had NaN/Inf) and ``"report"``
+  ConfigRecord ``{server-round: t, refsim-client: k}``; with ``client-opt-state = "keep"`` and
+  a state the server holds for k (k has trained before), also ``"opt-state"`` ArrayRecord
+  ``{name: NumPy array}``, client k's optimizer state (``client_opt.init_client_state``'s
+  names: ``step`` () int64 and (P,) buffers). Reply: ``"update"`` ArrayRecord
+  ``{"delta": payload of delta_k}`` (absent when the update had NaN/Inf), ``"report"``
   MetricRecord ``{partition-id, num-examples, num-batches, loss-sum, num-correct, num-seen,
-  entropy-bits (absent when None), setup-seconds, train-seconds}``.
+  entropy-bits (absent when None), setup-seconds, train-seconds}``, and with ``keep`` the
+  client's new optimizer state as ``"opt-state"``.
 * ``evaluate`` (server -> every node at the evaluation cadence, when ``eval-holdout`` > 0):
   ``"arrays"`` ``{"weights": raw w_{t+1}}`` and ``"config"`` ``{server-round, refsim-client}``;
   reply ``"eval"`` MetricRecord ``{partition-id, num-examples, loss, accuracy}``.
@@ -38,7 +42,7 @@ __all__ = ["CODEC_STYPE", "NUMPY_STYPE", "payload_to_array", "array_to_payload",
            "instruction_content", "read_instruction_content", "report_content",
            "read_report_content",
            "query_reply_content", "read_query_reply", "evaluate_reply_content",
-           "read_evaluate_reply"]
+           "read_evaluate_reply", "opt_state_record", "read_opt_state"]
 
 CODEC_STYPE = "refsim/codec-v1"
 NUMPY_STYPE = "numpy.ndarray"  # Flower's tag for np.save bytes (flwr.common.constant.SType)
@@ -118,10 +122,50 @@ def _record(content: RecordDict, key: str, cls, what: str):
     return content[key]
 
 
-def instruction_content(payload: bytes | np.ndarray, round_: int, client: int) -> RecordDict:
-    """The content of client k's ``train`` (or ``evaluate``) message in round t."""
-    return RecordDict({"arrays": ArrayRecord({"weights": payload_to_array(payload)}),
-                       "config": ConfigRecord({"server-round": round_, "refsim-client": client})})
+def instruction_content(payload: bytes | np.ndarray, round_: int, client: int,
+                        opt_state: dict | None = None) -> RecordDict:
+    """The content of client k's ``train`` (or ``evaluate``) message in round t, with client
+    k's optimizer state when given (``client-opt-state = "keep"``)."""
+    content = RecordDict({"arrays": ArrayRecord({"weights": payload_to_array(payload)}),
+                          "config": ConfigRecord({"server-round": round_,
+                                                  "refsim-client": client})})
+    if opt_state is not None:
+        content["opt-state"] = opt_state_record(opt_state)
+    return content
+
+
+def opt_state_record(state: dict) -> ArrayRecord:
+    """A client optimizer's state as an ArrayRecord: one NumPy Array per entry (``np.save``
+    bytes, so every value arrives bit for bit; the step travels as a () int64 array).
+
+    >>> rec = opt_state_record({"step": np.int64(3), "momentum_buffer": np.zeros(4, np.float32)})
+    >>> [(k, a.dtype, a.shape) for k, a in rec.items()]
+    [('step', 'int64', ()), ('momentum_buffer', 'float32', (4,))]
+    """
+    return ArrayRecord({name: Array(np.asarray(v)) for name, v in state.items()})
+
+
+def read_opt_state(content: RecordDict, like: dict, what: str) -> dict | None:
+    """The client optimizer state in a message's ``"opt-state"`` record, or None when it has
+    none. ``like`` (``client_opt.init_client_state(opt, w)``) gives the names, dtypes and
+    shapes the state must have; anything else is a ValueError naming ``what`` (which says
+    which client). A () array comes back as its NumPy scalar (the step, as the client
+    optimizer makes it)."""
+    if "opt-state" not in content:
+        return None
+    rec = _record(content, "opt-state", ArrayRecord, what)
+    if sorted(rec.keys()) != sorted(like):
+        raise ValueError(f"{what}: optimizer state holds {sorted(rec.keys())}, expected "
+                         f"{sorted(like)}")
+    state = {}
+    for name in like:
+        a = array_to_payload(rec[name], False, f"{what} optimizer state {name!r}")
+        want = np.asarray(like[name])
+        if a.dtype != want.dtype or a.shape != want.shape:
+            raise ValueError(f"{what}: optimizer state {name!r} is {a.dtype} {a.shape}, "
+                             f"expected {want.dtype} {want.shape}")
+        state[name] = a[()] if a.ndim == 0 else a
+    return state
 
 
 def read_instruction_content(content: RecordDict, coded: bool, what: str
@@ -135,9 +179,10 @@ def read_instruction_content(content: RecordDict, coded: bool, what: str
             _int_entry(config, "refsim-client", what))
 
 
-def report_content(report: ClientReport, setup_seconds: float, train_seconds: float
-                   ) -> RecordDict:
-    """A :class:`~refsim.fedavg.ClientReport` as the content of a ``train`` reply."""
+def report_content(report: ClientReport, setup_seconds: float, train_seconds: float,
+                   opt_state: dict | None = None) -> RecordDict:
+    """A :class:`~refsim.fedavg.ClientReport` as the content of a ``train`` reply, with the
+    client's optimizer state after its local steps when given (``keep``)."""
     metrics = {"partition-id": report.client, "num-examples": report.num_examples,
                "num-batches": report.num_batches, "loss-sum": float(report.loss_sum),
                "num-correct": report.num_correct, "num-seen": report.num_seen,
@@ -147,6 +192,8 @@ def report_content(report: ClientReport, setup_seconds: float, train_seconds: fl
     content = RecordDict({"report": MetricRecord(metrics)})
     if report.payload is not None:
         content["update"] = ArrayRecord({"delta": payload_to_array(report.payload)})
+    if opt_state is not None:
+        content["opt-state"] = opt_state_record(opt_state)
     return content
 
 
