@@ -253,9 +253,10 @@ def _encode_loop(a, a16, width, pairs):
     # bytes). Writer y: streams 2 and 3, in place from byte p2 (or past the output, moved into
     # place at the end). Each stream ends at a byte boundary. Both are (acc, nb, q) of uint64.
     # In place, the word w = p2 // 4 may hold the end of stream 1 (x's, written last, in call
-    # 2) and the start of stream 2 (y's, in call 1): x stores it with zeros in y's bytes, so
-    # y's version, saved after call 1, is OR-ed back. This needs y past w after call 1
-    # (L2 >= 4 bytes) and x short of w in call 1 (L1 >= 4 bytes).
+    # 2) and the start of stream 2 (y's, in call 1; y starts with nb = 8 * (p2 % 4) zero
+    # bits): each stores it with zeros in the other's bytes, so y's version, saved after call
+    # 1, is OR-ed into x's (when p2 % 4 == 0, x never stores w and the OR changes nothing).
+    # This needs y past w after call 1 (L2 >= 4 bytes) and x short of w in call 1 (L1 >= 4).
     x = np.zeros(3, np.uint64)
     x[1], x[2] = 8 * (pos % 4), pos // 4
     x[0] = np.uint64(out32[pos // 4]) & ((np.uint64(1) << x[1]) - np.uint64(1))
@@ -271,7 +272,7 @@ def _encode_loop(a, a16, width, pairs):
     _lockstep2(x, y, out32, a, lo[0], lo[1], lo[2], lo[3], a16, pairs, pcode, plen, soff)
     _byte(x, out32, False)
     _byte(y, out32, False)
-    wy = out32[p2 // 4]  # y's version of word w (in place)
+    wy = out32[p2 // 4] if inplace else np.uint32(0)  # y's version of word w
     _lockstep2(x, y, out32, a, lo[1], lo[2], lo[3], lo[4], a16, pairs, pcode, plen, soff)
     _byte(x, out32, True)
     _byte(y, out32, True)
