@@ -89,6 +89,41 @@ def test_pair_path_of_encode_on_a_long_input():
     assert huffman.encode(unaligned) == data
 
 
+def _l_sizes(data):
+    """(L0, L1, L2) of a version-2 stream with n > 0 (docs/formats.md Sec. 2)."""
+    _, pos = huffman_v2._varint(data, 2)
+    a, pos = huffman_v2._varint(data, pos)
+    buf = np.frombuffer(data, np.uint8)
+    pos = huffman_table.read_table(buf, 8 * pos, 8 * buf.size, np.zeros(a, np.int64)) // 8
+    sizes = []
+    for _ in range(3):
+        v, pos = huffman_v2._varint(data, pos)
+        sizes.append(v)
+    return sizes
+
+
+def test_the_writers_meet_in_every_alignment():
+    """The second writer (streams 2 and 3) writes in place from byte p2 when streams 1 and 2
+    have >= 4 bytes each, sharing the word p2 // 4 with the end of stream 1 (or past the end of
+    the output otherwise): both paths, every p2 mod 4, against the oracle, pairs and single
+    symbols (each n here also runs one symbol at a time)."""
+    rng = np.random.default_rng(41)
+    seen = set()
+    for n in list(range(1, 120)) + [int(v) for v in rng.integers(120, 4000, 40)]:
+        for x in (_skewed(rng, n, np.uint8, 256), rng.integers(0, 256, n).astype(np.uint8),
+                  np.full(n, 5, np.uint8)):
+            want = huffman.encode_naive(x)
+            even = x[:n - n % 2].copy().view(np.uint16)
+            with np.errstate(over="ignore"):
+                for pairs, a16 in ((True, even), (False, np.zeros(0, np.uint16))):
+                    assert encode_kernel(x, a16, 1, pairs).tobytes() == want, (n, pairs)
+            head = huffman.header_size(want)
+            l0, l1, l2 = _l_sizes(want)
+            p2 = head + l0 + l1
+            seen.add((l1 >= 4 and l2 >= 4, p2 % 4))
+    assert seen == {(inplace, r) for inplace in (True, False) for r in range(4)}, seen
+
+
 def test_the_longest_codewords_decode():
     """A code with codewords of every length 1..24 (Kraft sum 1): the decoder's long path."""
     lengths = np.array(list(range(1, 25)) + [24], np.int64)  # symbols 0..24
