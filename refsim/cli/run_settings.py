@@ -23,7 +23,8 @@ from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, 
 from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
 from refsim.fedavg.config import check_int
 from refsim.fedavg.named import (CODEC_NAMES, DATASET_NAMES, MODELS, PARTITION_NAMES,
-                                 codec_named, images_named, partition_named)
+                                 codec_named, images_named, partition_named,
+                                 writer_test_sets)
 
 __all__ = ["RUN_DEFAULTS", "MODELS", "settings", "grid", "make_config", "make_partition",
            "make_data", "load_images", "eval_partition", "batch_label", "default_out",
@@ -277,12 +278,9 @@ def make_data(s: dict) -> tuple[FedData, np.ndarray | None, np.ndarray | None]:
 
 
 def eval_partition(kind: str, writers_train, writers_test) -> list[np.ndarray] | None:
-    """Per-client test sets where the dataset has them: for the ``writers`` partition of a
-    dataset whose test writers are its train writers (FEMNIST), client k (the k-th writer in
-    ascending id) is evaluated on that writer's test examples; None otherwise."""
-    if kind != "writers" or not np.isin(writers_test, writers_train).all():
-        return None
-    return [np.flatnonzero(writers_test == g) for g in np.unique(writers_train)]
+    """Per-client test sets where the dataset has them (FEMNIST by writer):
+    ``refsim.fedavg.named.writer_test_sets``; None otherwise."""
+    return writer_test_sets(kind, writers_train, writers_test)
 
 
 def _label(values, fmt=str) -> str:

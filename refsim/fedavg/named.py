@@ -46,7 +46,7 @@ from refsim.data import ImageData, load_cifar10, load_femnist, load_mnist, parti
 from refsim.nn import cnn_cifar, cnn_mnist, logistic, mlp_2nn
 
 __all__ = ["MODELS", "CODEC_NAMES", "DATASET_NAMES", "PARTITION_NAMES", "codec_named",
-           "images_named", "partition_named"]
+           "images_named", "partition_named", "writer_test_sets"]
 
 MODELS = {"2nn": mlp_2nn, "cnn": cnn_mnist, "logistic": logistic, "cnn-cifar": cnn_cifar}  # name -> model factory
 CODEC_NAMES = ("raw", "float", "quant", "quant-huffman", "topk-huffman")
@@ -99,3 +99,22 @@ def partition_named(name: str, labels: np.ndarray, num_clients: int, seed: int,
     if name == "iid":
         return partition.iid(labels, num_clients, rng)
     return partition.shards(labels, num_clients, shards_per_client, rng)
+
+
+def writer_test_sets(name: str, writers_train: np.ndarray | None,
+                     writers_test: np.ndarray | None) -> list[np.ndarray] | None:
+    """Per-client test sets where the dataset has them: for the ``writers`` partition of a
+    dataset whose test writers are its train writers (FEMNIST), client k (the k-th writer in
+    ascending id) is evaluated on that writer's test examples (indices into the test set);
+    None otherwise (MNIST's QMNIST writers of the test set are not its train writers).
+
+    >>> writer_test_sets("writers", np.array([3, 3, 5]), np.array([5, 3, 5]))
+    [array([1]), array([0, 2])]
+    >>> writer_test_sets("iid", np.array([3, 5]), np.array([3])) is None
+    True
+    """
+    if name != "writers" or writers_train is None or writers_test is None:
+        return None
+    if not np.isin(writers_test, writers_train).all():
+        return None
+    return [np.flatnonzero(writers_test == g) for g in np.unique(writers_train)]  # (n_k,)

@@ -40,11 +40,12 @@ import numpy as np
 from refsim.fedavg import (DType, FedAvgConfig, FedData, InitScheme, NanPolicy, ServerOpt,
                            ServerOptConfig, Weighting, from_images, holdout_split)
 from refsim.fedavg.client_opt import ClientOpt, ClientOptConfig, ClientStatePolicy
-from refsim.fedavg.named import CODEC_NAMES, MODELS, codec_named, images_named, partition_named
+from refsim.fedavg.named import (CODEC_NAMES, MODELS, codec_named, images_named, partition_named,
+                                 writer_test_sets)
 from refsim.nn import Model
 
 __all__ = ["RUN_CONFIG", "MODELS", "DATASETS", "PARTITIONS", "CODECS", "AppSettings",
-           "app_settings", "fedavg_config", "node_client", "load_data", "num_clients",
+           "app_settings", "fedavg_config", "node_client", "load_data",
            "client_indices", "client_test_indices", "has_client_test_sets", "train_partition",
            "server_data"]
 
@@ -267,21 +268,10 @@ def _partition(s: AppSettings, num: int) -> tuple[list, list, list | None]:
                          f"{s.dataset} (train-limit {s.train_limit or 0}) has {len(parts)} "
                          f"clients: start {len(parts)} SuperNodes")
     train, held = holdout_split(parts, s.config.eval_holdout, s.config.seed)
-    tests = None
-    if s.partition == "writers" and np.isin(writers_test, writers_train).all():
-        tests = [np.flatnonzero(writers_test == g) for g in np.unique(writers_train)]  # (n_k,)
+    tests = writer_test_sets(s.partition, writers_train, writers_test)
     for a in (*train, *held, *(tests or ())):
         a.flags.writeable = False
     return train, held, tests
-
-
-def num_clients(s: AppSettings, requested: int) -> int:
-    """K of the run: the writers partition has one client per writer (``requested`` does not
-    apply), iid and shards have ``requested``."""
-    if s.partition != "writers":
-        return requested
-    _, writers_train, _ = _data(s.dataset, s.config.dtype.value, s.train_limit, s.test_limit)
-    return int(len(np.unique(writers_train)))
 
 
 def client_indices(s: AppSettings, num_clients: int, k: int
@@ -305,11 +295,9 @@ def client_test_indices(s: AppSettings, num_clients: int, k: int) -> np.ndarray 
 def has_client_test_sets(s: AppSettings) -> bool:
     """Whether the clients are evaluated on their own test sets (FEMNIST by writer): the
     federated evaluation then runs on them at the evaluation cadence, as in ``refsim run``."""
-    if s.partition != "writers":
-        return False
     _, writers_train, writers_test = _data(s.dataset, s.config.dtype.value, s.train_limit,
                                            s.test_limit)
-    return bool(np.isin(writers_test, writers_train).all())
+    return writer_test_sets(s.partition, writers_train, writers_test) is not None
 
 
 def train_partition(s: AppSettings, num_clients: int) -> list[np.ndarray]:
