@@ -119,6 +119,8 @@ def test_simulation_engine_gives_the_in_process_run_bit_for_bit(tmp_path):
     assert all(is_loopback(a) for a, _, _ in listeners), sorted(listeners)
     _same_run(str(tmp_path / "local" / "iid-quant-huffman"),
               str(tmp_path / "sim" / "iid-quant-huffman"))
+    for f in ("comparison.txt", "comparison.json"):  # refsim run's table of the runs
+        assert (tmp_path / "local" / f).read_text() == (tmp_path / "sim" / f).read_text(), f
     with open(tmp_path / "sim" / "iid-quant-huffman" / "summary.json") as f:
         summary = json.load(f)
     assert summary["num_clients"] == 100 and len(set(summary["nodes"].values())) == 100
@@ -130,7 +132,7 @@ def test_femnist_by_writer_runs_207_virtual_supernodes_bit_for_bit(tmp_path):
     """The paper-scale non-IID setting of issue 15: one client per FEMNIST writer (K = 207),
     each evaluated on its writer's own test set."""
     args = ["--dataset", "femnist", "--partition", "writers", "--model", "2nn", "--codec",
-            "quant-huffman", "--fraction", "0.05", "--rounds", "2", "--plot", "no", "--quiet"]
+            "quant-huffman", "--fraction", "0.05", "--rounds", "2", "--plot", "yes", "--quiet"]
     local = _refsim([*args, "--out", str(tmp_path / "local")])
     assert local.returncode == 0, local.stderr
     sim = _refsim([*args, "--engine", "flower-sim", "--out", str(tmp_path / "sim")])
@@ -143,6 +145,10 @@ def test_femnist_by_writer_runs_207_virtual_supernodes_bit_for_bit(tmp_path):
     assert all(r.split(",")[fed] for r in rows)  # the per-writer evaluation ran every round
     with open(tmp_path / "sim" / "writers-quant-huffman" / "summary.json") as f:
         assert json.load(f)["num_clients"] == 207
+    for f in ("comparison.txt", "accuracy.png", "loss.png", "accuracy_vs_bits.png"):
+        assert (tmp_path / "sim" / f).stat().st_size > 0, f  # as the local run writes them
+    assert (tmp_path / "local" / "comparison.txt").read_text() == \
+        (tmp_path / "sim" / "comparison.txt").read_text()
 
 
 @pytest.mark.parametrize("flags, says", [

@@ -153,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
                       f"is no longer running", file=sys.stderr)
             remove_partial_writes(out)
             if s["engine"] == "flower-sim":
-                return run_flower_sim(s, pairs, configs, parts, out)
+                code, runs, walls = run_flower_sim(s, pairs, configs, parts, model, out)
+                if code:
+                    return code
+                rows = [_table_row(name, h, model.num_params, s["targets"]) for name, h in runs]
+                return _compare(s, out, runs, rows, walls)
             return _run_locked(s, pairs, configs, data, parts, evals, model, out)
     except RunLockError as err:  # another run holds it, or no lock file can be made there
         print(f"refsim run: error: {err}", file=sys.stderr)
@@ -196,6 +200,12 @@ def _run_locked(s, pairs, configs, data, parts, evals, model, out: str) -> int:
                    "total_broadcast_bits": h.rounds[-1].broadcast_bits_cum,
                    "wall_time_s": walls[name]}
         write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    return _compare(s, out, runs, rows, walls)
+
+
+def _compare(s: dict, out: str, runs: list, rows: list[dict], walls: dict) -> int:
+    """comparison.txt / .json and the plots of all runs in ``out``, the table on the console
+    (both engines: ``runs`` are (name, History), ``rows`` their ``_table_row``)."""
     table = format_table(rows, s["targets"])
     write_text(os.path.join(out, "comparison.txt"), table)
     write_text(os.path.join(out, "comparison.json"), json.dumps(rows, indent=1) + "\n")

@@ -7,6 +7,8 @@ SuperNodes (``docs/scale-out.md``). The child checks that the app builds exactly
 FedAvgConfig and refuses otherwise (exit 2, one line), so no setting is silently dropped. The
 ServerApp writes metrics.csv, metrics.jsonl, final_weights.npy and summary.json in the run's
 directory, equal to the in-process run's files (summary: the same accuracy and bit facts).
+``refsim run`` then writes comparison.txt, comparison.json and the plots of the runs from
+those files, as for ``--engine local`` (the same bytes: the tests compare them).
 A failed run ends with one line (exit 1; a NaN update under nan-policy raise, a client whose
 Ray actor died) and the ServerApp's traceback in error.txt; with ``--quiet`` Flower's and Ray's
 logs go to the run's flower_sim.log instead of the console.
@@ -35,12 +37,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import numpy as np
 
 from refsim.backend import Purpose, make_rng
 from refsim.cli._common import UsageError
 from refsim.cli.run_settings import batch_label
+from refsim.fedavg import History, RoundMetrics
 from refsim.fedavg.loop import resume_point
-from refsim.fedavg.named import MODELS
 
 # Ray 2.55 turns a node IP of 127.0.0.1 into the machine's address and its gRPC servers listen on
 # every interface; with its single-machine mode (meant for Windows and macOS) the node IP stays
@@ -126,9 +131,21 @@ def _last_error(log_path: str, code: int) -> str:
                                     f"exited with code {code}; its log: {log_path}")
 
 
-def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
-    """Every run of the settings on the Simulation Engine; the exit code of ``refsim run``
-    (``parts``: {partition name: the K index arrays ``refsim run`` would train on})."""
+def _history(run_dir: str, cfg, model):
+    """The run's History from the ServerApp's files (metrics.jsonl, final_weights.npy), for
+    ``refsim run``'s comparison table and plots."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rounds = tuple(RoundMetrics.from_dict(json.loads(line)) for line in f if line.strip())
+    w0 = model.init(make_rng(cfg.seed, Purpose.INIT), cfg.init.value, cfg.dtype.np)  # (P,)
+    return History(rounds, np.load(os.path.join(run_dir, "final_weights.npy")), w0)
+
+
+def run_flower_sim(s: dict, pairs, configs, parts, model, out: str):
+    """Every run of the settings on the Simulation Engine: (exit code of ``refsim run``,
+    [(name, History)], {name: wall seconds}); ``refsim run`` then writes the comparison of the
+    runs as for ``--engine local`` (``parts``: {partition name: the K index arrays ``refsim
+    run`` would train on})."""
+    runs, walls = [], {}
     for p, e, b, c in ((p, e, b, c) for p in s["partition"] for e, b in pairs
                        for c in s["codec"]):
         name = f"{p}-{c}" + (f"-E{e}-B{batch_label(b)}" if len(pairs) > 1 else "")
@@ -140,13 +157,12 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
         cfg = configs[(c, e, b)]
         ckpt = os.path.join(run_dir, "checkpoint.npz")
         if s["resume"] and os.path.exists(ckpt):  # refused here, before Ray starts
-            model = MODELS[s["model"]]()
             w0 = model.init(make_rng(cfg.seed, Purpose.INIT), cfg.init.value, cfg.dtype.np)
             try:
                 resume_point(ckpt, cfg, model, len(parts[p]), w0)
             except ValueError as err:  # as the in-process run: exit 2
                 print(f"refsim run: error: {name}: {err}", file=sys.stderr)
-                return 2
+                return 2, runs, walls
         request = {"run_config": run_config(cfg, s, p, c, run_dir),
                    "expected": json.loads(json.dumps(cfg.to_dict())),
                    "num_clients": len(parts[p]), "client_cpus": float(s["client_cpus"]),
@@ -158,6 +174,7 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
             print(f"[{name}] Flower Simulation Engine, K = {len(parts[p])} virtual SuperNodes",
                   flush=True)
         log_path = os.path.join(run_dir, "flower_sim.log")
+        started = time.perf_counter()
         with open(log_path, "w") as log:  # --quiet: Flower's and Ray's logs go to the file
             child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
                                    env=_child_env(s["client_cpus"], s["ray_address"]),
@@ -166,10 +183,14 @@ def run_flower_sim(s: dict, pairs, configs, parts, out: str) -> int:
         if child.returncode != 0:
             if s["quiet"]:
                 print(_last_error(log_path, child.returncode), file=sys.stderr)
-            return 2 if child.returncode == 2 else 1
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
-        print(f"[{name}] final acc {summary['final_accuracy']:.4f}  best acc "
-              f"{summary['best_accuracy']:.4f}  uplink {summary['uplink_bits'] / 1e6:.1f} Mbit  "
-              f"{summary['wall_time_s']:.1f} s; run directory: {run_dir}")
-    return 0
+            return (2 if child.returncode == 2 else 1), runs, walls
+        walls[name] = time.perf_counter() - started  # Ray's start and end included
+        runs.append((name, _history(run_dir, cfg, model)))
+        if not s["quiet"]:
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                summary = json.load(f)
+            print(f"[{name}] final acc {summary['final_accuracy']:.4f}  best acc "
+                  f"{summary['best_accuracy']:.4f}  uplink {summary['uplink_bits'] / 1e6:.1f} "
+                  f"Mbit  {summary['wall_time_s']:.1f} s in the ServerApp; run directory: "
+                  f"{run_dir}", flush=True)
+    return 0, runs, walls
