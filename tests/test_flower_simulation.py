@@ -155,6 +155,7 @@ def test_femnist_by_writer_runs_207_virtual_supernodes_bit_for_bit(tmp_path):
     (["--dataset", "cifar10", "--data-dir", "/nonexistent", "--model", "cnn-cifar"],
      "--dataset cifar10"),
     (["--codec", "tff-compression"], "--codec tff-compression"),
+    (["--normalize", "0.5", "0.5"], "--normalize"),
     (["--client-stack", "2"], "--client-stack > 1"),
     (["--progress", "tff"], "--progress tff"),
 ])
