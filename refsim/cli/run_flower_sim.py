@@ -175,12 +175,14 @@ def run_flower_sim(s: dict, pairs, configs, parts, model, out: str):
             print(f"[{name}] Flower Simulation Engine, K = {len(parts[p])} virtual SuperNodes",
                   flush=True)
         log_path = os.path.join(run_dir, "flower_sim.log")
+        argv = [sys.executable, "-m", "refsim.flower.simulation", req_path]
+        env = _child_env(s["client_cpus"], s["ray_address"])
         started = time.perf_counter()
-        with open(log_path, "w") as log:  # --quiet: Flower's and Ray's logs go to the file
-            child = subprocess.run([sys.executable, "-m", "refsim.flower.simulation", req_path],
-                                   env=_child_env(s["client_cpus"], s["ray_address"]),
-                                   stdout=log if s["quiet"] else None,
-                                   stderr=log if s["quiet"] else None)
+        if s["quiet"]:  # Flower's and Ray's logs go to the file
+            with open(log_path, "w") as log:
+                child = subprocess.run(argv, env=env, stdout=log, stderr=log)
+        else:
+            child = subprocess.run(argv, env=env)
         if child.returncode != 0:
             if s["quiet"]:
                 print(_last_error(log_path, child.returncode), file=sys.stderr)
