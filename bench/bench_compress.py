@@ -331,6 +331,28 @@ def test_table_cost():
     print(f"worst at n = 10 A: {100 * worst[0]:.2f}% ({worst[1]})")
 
 
+def test_table_block_trial():
+    """``table_block_trial.py`` (the coarser-lengths trial of docs/compression.md Sec. 6)
+    measures real streams: its block codes are complete, version 2's decoders read them back,
+    and the width it picks is never larger in total than refsim's own lengths."""
+    import table_block_trial as trial
+    from refsim.compress.huffman_code import check_code_lengths
+    rng = np.random.default_rng(3)
+    for a, name in ((256, "uniform"), (256, "gaussian"), (16, "geometric")):
+        sym = trial.cases(rng, a, 10 * a)[name].astype(np.uint8)
+        counts = np.bincount(sym)
+        w, t, p, lengths = trial.best_block(counts, 256)
+        check_code_lengths(lengths)
+        stream = huffman_v2.stream_naive(lengths, sym)
+        np.testing.assert_array_equal(huffman.decode(stream), sym)
+        np.testing.assert_array_equal(huffman.decode_naive(stream), sym)
+        assert 8 * (len(stream) - huffman.header_size(stream)) >= p  # the payload it counted
+        t1, p1 = trial.cost(counts, trial.code_lengths(counts).astype(np.int64))
+        assert t + p <= t1 + p1
+        if name == "uniform":
+            assert w > 1  # noisy uniform counts at A = 256: a coarser table wins (w = 4 or 8)
+
+
 def test_topk_bits_per_nonzero():
     """Entropy-coded top-k of a 2NN-sized update (199,210 values, 1% kept): bits per non-zero
     of the indices against log2 C(n, k) / k, and of the values against their entropy."""
