@@ -333,24 +333,30 @@ def test_table_cost():
 
 def test_table_block_trial():
     """``table_block_trial.py`` (the coarser-lengths trial of docs/compression.md Sec. 6)
-    measures real streams: its block codes are complete, version 2's decoders read them back,
-    and the width it picks is never larger in total than refsim's own lengths."""
+    measures real streams: its codes are complete, version 2's decoders read them back, the
+    payload it counts is the payload written, and its choice is never larger in total than
+    refsim's own lengths."""
     import table_block_trial as trial
     from refsim.compress.huffman_code import check_code_lengths
     rng = np.random.default_rng(3)
-    for a, name in ((256, "uniform"), (256, "gaussian"), (16, "geometric")):
+    for a, name, expect in ((256, "uniform", "w="), (256, "zipf", "dyadic"), (256, "gaussian", ""),
+                            (16, "geometric", "")):
         sym = trial.cases(rng, a, 10 * a)[name].astype(np.uint8)
         counts = np.bincount(sym)
-        w, t, p, lengths = trial.best_block(counts, 256)
-        check_code_lengths(lengths)
-        stream = huffman_v2.stream_naive(lengths, sym)
-        np.testing.assert_array_equal(huffman.decode(stream), sym)
-        np.testing.assert_array_equal(huffman.decode_naive(stream), sym)
-        assert 8 * (len(stream) - huffman.header_size(stream)) >= p  # the payload it counted
+        kind, t, p, lengths = trial.best_code(counts, 256)
+        for code in (lengths, trial.dyadic_lengths(counts, 256)):
+            check_code_lengths(code.astype(np.uint8))
+            stream = huffman_v2.stream_naive(code.astype(np.uint8), sym)
+            np.testing.assert_array_equal(huffman.decode(stream), sym)
+            np.testing.assert_array_equal(huffman.decode_naive(stream), sym)
+        stream = huffman_v2.stream_naive(lengths.astype(np.uint8), sym)
+        payload = 8 * (len(stream) - huffman.header_size(stream))  # the streams, padded
+        assert p <= payload < p + 4 * 8
         t1, p1 = trial.cost(counts, trial.code_lengths(counts).astype(np.int64))
         assert t + p <= t1 + p1
-        if name == "uniform":
-            assert w > 1  # noisy uniform counts at A = 256: a coarser table wins (w = 4 or 8)
+        # noisy uniform counts at A = 256: a uniform width wins (w = 4 or 8); Zipf: the
+        # dyadic partition (single symbols in the head, blocks in the tail)
+        assert kind.startswith(expect)
 
 
 def test_topk_bits_per_nonzero():
