@@ -277,14 +277,17 @@ def test_fixed_cost_at_1000_symbols():
     def calls(fn):
         return lambda: [fn() for _ in range(200)]
 
+    hm = huffman.encode(s, lengths="mdl")
+    assert hm == huffman.encode_naive(s, lengths="mdl")
     t = _alternating({"enc": calls(lambda: huffman.encode(s)),
                       "dec": calls(lambda: huffman.decode(h2)),
                       "enc1": calls(lambda: huffman.encode(s, version=1)),
-                      "dec1": calls(lambda: huffman.decode(h1))}, 7)
+                      "dec1": calls(lambda: huffman.decode(h1)),
+                      "encm": calls(lambda: huffman.encode(s, lengths="mdl"))}, 7)
     us = {k: float(np.median(v)) / 200 * 1e6 for k, v in t.items()}
     print(f"\n1000 symbols, us per call: v2 encode {us['enc']:.1f}, decode {us['dec']:.1f}; "
           f"v1 encode {us['enc1']:.1f}, decode {us['dec1']:.1f}; bytes v2 {len(h2)}, v1 "
-          f"{len(h1)}")
+          f"{len(h1)}; v2 lengths='mdl' encode {us['encm']:.1f} us, {len(hm)} bytes")
 
 
 def _table_bits(data: bytes) -> int:
@@ -296,15 +299,16 @@ def _table_bits(data: bytes) -> int:
 
 
 def test_table_cost():
-    """The code-length table against the payload for alphabets of A values at n = 10 A, the
-    bench data, and the permutation of all 65,536 uint16 symbols (against its entropy)."""
+    """The code-length table against the payload for alphabets of A values at n = 10 A and
+    100 A (the default lengths and ``lengths="mdl"``), the bench data, and the permutation of
+    all 65,536 uint16 symbols (against its entropy)."""
     rng = np.random.default_rng(0)
     perm = rng.permutation(2**16).astype(np.uint16)
     data = huffman.encode(perm)
     print(f"\npermutation of 2**16: {8 * len(data)} bits, entropy {16 * 2**16}: "
           f"+{100 * (8 * len(data) / (16 * 2**16) - 1):.3f}% (table {_table_bits(data)} bits)"
           f"; version 1: {8 * len(huffman.encode(perm, version=1))} bits")
-    worst = (0.0, "")
+    worst = worst_mdl = (0.0, "")
     for a, per in ((16, 10), (256, 10), (4096, 10), (65536, 10), (16, 100), (256, 100),
                    (4096, 100)):
         dt, n = (np.uint8 if a <= 256 else np.uint16), per * a
@@ -315,48 +319,33 @@ def test_table_cost():
         for name, sym in cases.items():
             d = huffman.encode(sym.astype(dt))
             frac = _table_bits(d) / (8 * (len(d) - huffman.header_size(d)))
+            m = huffman.encode(sym.astype(dt), lengths="mdl")
+            np.testing.assert_array_equal(huffman.decode(m), sym)
+            frac_mdl = _table_bits(m) / (8 * (len(m) - huffman.header_size(m)))
             v1 = ""
             if name == "uniform" and per == 10:  # version 1: a byte per length (and a header)
                 old = huffman.encode(sym.astype(dt), version=1)
                 v1 = f" (v1 header and table: {8 * huffman.header_size(old)} bits)"
             print(f"A={a:5d} n={n:6d} {name:9s}: table {_table_bits(d):6d} bits = "
-                  f"{100 * frac:5.2f}% of the payload{v1}")
+                  f"{100 * frac:5.2f}% of the payload; lengths='mdl': {100 * frac_mdl:5.2f}%, "
+                  f"stream {100 * (len(m) / len(d) - 1):+.2f}%{v1}")
             if per == 10:
                 worst = max(worst, (frac, f"A={a} {name}"))
+                worst_mdl = max(worst_mdl, (frac_mdl, f"A={a} {name}"))
+            if per == 10 and name == "uniform" and a >= 4096:  # the cost of trying the codes
+                x = sym.astype(dt)
+                t = _alternating({"optimal": lambda: huffman.encode(x),
+                                  "mdl": lambda: huffman.encode(x, lengths="mdl")}, 5)
+                print(f"  encode, ms (median of 5, alternating): default "
+                      f"{1e3 * np.median(t['optimal']):.2f}, lengths='mdl' "
+                      f"{1e3 * np.median(t['mdl']):.2f}")
     for bits in BITS:
         for n in (10 * 2**bits, 10**5, 1_663_370):
             d = huffman.encode(_symbols(n, bits))
             print(f"bench {bits}-bit n={n}: table {_table_bits(d)} bits = "
                   f"{100 * _table_bits(d) / (8 * (len(d) - huffman.header_size(d))):.3f}%")
-    print(f"worst at n = 10 A: {100 * worst[0]:.2f}% ({worst[1]})")
-
-
-def test_table_block_trial():
-    """``table_block_trial.py`` (the coarser-lengths trial of docs/compression.md Sec. 6)
-    measures real streams: its codes are complete, version 2's decoders read them back, the
-    payload it counts is the payload written, and its choice is never larger in total than
-    refsim's own lengths."""
-    import table_block_trial as trial
-    from refsim.compress.huffman_code import check_code_lengths
-    rng = np.random.default_rng(3)
-    for a, name, expect in ((256, "uniform", "w="), (256, "zipf", "dyadic"), (256, "gaussian", ""),
-                            (16, "geometric", "")):
-        sym = trial.cases(rng, a, 10 * a)[name].astype(np.uint8)
-        counts = np.bincount(sym)
-        kind, t, p, lengths = trial.best_code(counts, 256)
-        for code in (lengths, trial.dyadic_lengths(counts, 256)):
-            check_code_lengths(code.astype(np.uint8))
-            stream = huffman_v2.stream_naive(code.astype(np.uint8), sym)
-            np.testing.assert_array_equal(huffman.decode(stream), sym)
-            np.testing.assert_array_equal(huffman.decode_naive(stream), sym)
-        stream = huffman_v2.stream_naive(lengths.astype(np.uint8), sym)
-        payload = 8 * (len(stream) - huffman.header_size(stream))  # the streams, padded
-        assert p <= payload < p + 4 * 8
-        t1, p1 = trial.cost(counts, trial.code_lengths(counts).astype(np.int64))
-        assert t + p <= t1 + p1
-        # noisy uniform counts at A = 256: a uniform width wins (w = 4 or 8); Zipf: the
-        # dyadic partition (single symbols in the head, blocks in the tail)
-        assert kind.startswith(expect)
+    print(f"worst at n = 10 A: {100 * worst[0]:.2f}% ({worst[1]}); lengths='mdl': "
+          f"{100 * worst_mdl[0]:.2f}% ({worst_mdl[1]})")
 
 
 def test_topk_bits_per_nonzero():

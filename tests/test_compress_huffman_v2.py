@@ -12,6 +12,7 @@ from refsim.compress import huffman, huffman_table, huffman_v2
 from refsim.compress.huffman_code import entropy_bits, optimal_lengths_naive
 from refsim.compress.huffman_v2_encode import PAIR_MIN, encode_kernel
 
+NO_LENGTHS = np.zeros(0, np.int64)  # encode_kernel's "the default lengths"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIB = [1, 1]
 while len(FIB) < 30:
@@ -75,8 +76,8 @@ def test_pair_encoder_writes_the_same_bytes(trial):
         x = _skewed(rng, int(rng.integers(1, 2000)), np.uint8, 256)
     even = x[:x.size - x.size % 2].copy().view(np.uint16)
     with np.errstate(over="ignore"):
-        pairs = encode_kernel(x, even, 1, True).tobytes()
-        single = encode_kernel(x, np.zeros(0, np.uint16), 1, False).tobytes()
+        pairs = encode_kernel(x, even, 1, True, NO_LENGTHS).tobytes()
+        single = encode_kernel(x, np.zeros(0, np.uint16), 1, False, NO_LENGTHS).tobytes()
     assert pairs == single == huffman.encode_naive(x)
 
 
@@ -116,7 +117,7 @@ def test_the_writers_meet_in_every_alignment():
             even = x[:n - n % 2].copy().view(np.uint16)
             with np.errstate(over="ignore"):
                 for pairs, a16 in ((True, even), (False, np.zeros(0, np.uint16))):
-                    assert encode_kernel(x, a16, 1, pairs).tobytes() == want, (n, pairs)
+                    assert encode_kernel(x, a16, 1, pairs, NO_LENGTHS).tobytes() == want, (n, pairs)
             head = huffman.header_size(want)
             l0, l1, l2 = _l_sizes(want)
             p2 = head + l0 + l1

@@ -31,6 +31,7 @@ from refsim.compress.huffman_kernels import PRIMARY_BITS, STREAMS
 __all__ = [
     "VERSION",
     "VERSIONS",
+    "LENGTHS",
     "STREAMS",
     "PRIMARY_BITS",
     "encode",
@@ -46,6 +47,7 @@ __all__ = [
 
 VERSION = 2  # what encode writes
 VERSIONS = (1, 2)  # what decode reads
+LENGTHS = ("optimal", "mdl")  # encode's rules for the code lengths
 _MODULES = {1: huffman_v1, 2: huffman_v2}
 
 
@@ -73,22 +75,40 @@ def histogram(symbols) -> np.ndarray:
     return huffman_v1.stream_histograms(_check_symbols(symbols)).sum(axis=0)
 
 
-def encode(symbols, version: int = VERSION) -> bytes:
+def _use_mdl(version: object, lengths: object) -> bool:
+    if lengths not in LENGTHS:
+        raise ValueError(f"huffman: lengths must be 'optimal' or 'mdl', got {lengths!r}")
+    if lengths == "mdl" and version != 2:
+        raise ValueError("huffman: lengths='mdl' needs version 2 (version 1 sends a byte "
+                         "per length, so a coarser code saves nothing)")
+    return lengths == "mdl"
+
+
+def encode(symbols, version: int = VERSION, lengths: str = "optimal") -> bytes:
     """Huffman-code a uint8/uint16 array (any shape, C order) into a self-describing stream.
 
-    version : 2 (default) or 1 (for a reader that knows only version 1). Oracle:
-    :func:`encode_naive` (identical bytes).
+    version : 2 (default) or 1 (for a reader that knows only version 1).
+    lengths : "optimal" (default): each symbol its optimal code length, the normative rule of
+        docs/formats.md Sec. 2.1 (the bytes of the golden vectors); "mdl" (version 2): the
+        shortest stream among that code and codes whose lengths blocks of symbols share
+        (``huffman_mdl``): never longer, smaller tables when n is small against the alphabet;
+        any version-2 decoder reads it.
+    Oracle: :func:`encode_naive` (identical bytes).
 
     >>> data = encode(np.array([3, 3, 3, 1, 0], np.uint8))
     >>> len(data), decode(data).tolist()
     (14, [3, 3, 3, 1, 0])
     """
-    return _module(version).encode(_check_symbols(symbols))
+    module, mdl = _module(version), _use_mdl(version, lengths)
+    a = _check_symbols(symbols)
+    return module.encode(a, mdl=True) if mdl else module.encode(a)
 
 
-def encode_naive(symbols, version: int = VERSION) -> bytes:
+def encode_naive(symbols, version: int = VERSION, lengths: str = "optimal") -> bytes:
     """Oracle of :func:`encode`: codewords as strings of '0'/'1', the package-merge oracle."""
-    return _module(version).encode_naive(_check_symbols(symbols))
+    module, mdl = _module(version), _use_mdl(version, lengths)
+    a = _check_symbols(symbols)
+    return module.encode_naive(a, mdl=True) if mdl else module.encode_naive(a)
 
 
 def version_of(data: object) -> int:

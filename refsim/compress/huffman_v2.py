@@ -17,6 +17,9 @@ Bits are packed LSB first (bit j of a stream is bit j mod 8 of byte j div 8) and
 goes in first bit first: DEFLATE's convention (RFC 1951, Sec. 3.1.1), so a little-endian 64-bit
 load gives the next 64 bits. Each stream is exactly ceil(bits / 8) bytes, zero-padded.
 
+``encode(a, mdl=True)`` (``huffman.encode(x, lengths="mdl")``) writes the same format with the
+lengths of ``huffman_mdl.py`` (the shortest of several complete codes) instead.
+
 ``encode_naive`` / ``decode_naive`` (strings of '0'/'1', dictionaries of codewords, the
 package-merge oracle) are the oracles of ``encode`` / ``decode`` (``huffman_v2_encode.py``,
 ``huffman_v2_decode.py``);
@@ -34,6 +37,7 @@ from refsim.compress.huffman_table import (TABLE_ERRORS, read_table, read_table_
                                            table_bits_naive)
 from refsim.compress.huffman_v2_bits import STREAMS, VERSION
 from refsim.compress.huffman_v2_decode import DECODE_ERRORS, decode_kernel
+from refsim.compress.huffman_mdl import mdl_lengths, mdl_lengths_naive
 from refsim.compress.huffman_v2_encode import PAIR_MIN, encode_kernel
 
 __all__ = ["VERSION", "encode", "decode", "encode_naive", "decode_naive", "stream_naive",
@@ -42,17 +46,21 @@ __all__ = ["VERSION", "encode", "decode", "encode_naive", "decode_naive", "strea
 _ERRORS = {**TABLE_ERRORS, **DECODE_ERRORS}
 _EMPTY8 = np.zeros(0, np.uint8)
 _EMPTY16 = np.zeros(0, np.uint16)
+_NO_LENGTHS = np.zeros(0, np.int64)  # encode_kernel: the default lengths
 
 
 def _segment(n: int) -> int:
     return 2 * ((n + 7) // 8)
 
 
-def encode(a: np.ndarray) -> bytes:
+def encode(a: np.ndarray, mdl: bool = False) -> bytes:
     """The version-2 stream of a (n,) C-contiguous uint8/uint16 array (checked by the caller).
 
-    One Numba call (``huffman_v2_encode.encode_kernel``). Oracle: :func:`encode_naive`.
+    One Numba call (``huffman_v2_encode.encode_kernel``). mdl: the code lengths of
+    ``huffman_mdl.mdl_lengths`` instead of the default's (Sec. 2.1). Oracle:
+    :func:`encode_naive`.
     """
+    given = mdl_lengths(a) if mdl and a.size else _NO_LENGTHS
     pairs = a.dtype == np.uint8 and a.size >= PAIR_MIN
     a16 = _EMPTY16
     if pairs:
@@ -61,7 +69,7 @@ def encode(a: np.ndarray) -> bytes:
             even = even.copy()
         a16 = even.view(np.uint16)  # (n // 2,) symbol pairs, first symbol in the low byte
     with np.errstate(over="ignore"):  # shifts drop bits on purpose (NumPy scalars w/o JIT)
-        return encode_kernel(a, a16, a.itemsize, pairs).tobytes()
+        return encode_kernel(a, a16, a.itemsize, pairs, given).tobytes()
 
 
 def decode(data: bytes, lookup_bits: int = 0) -> np.ndarray:
@@ -134,10 +142,12 @@ def _bits(data: bytes) -> str:
     return "".join(map(str, np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")))
 
 
-def encode_naive(a: np.ndarray) -> bytes:
+def encode_naive(a: np.ndarray, mdl: bool = False) -> bytes:
     """Oracle of :func:`encode`: codewords as strings of '0'/'1', packed LSB first."""
     if a.size == 0:
         return bytes([VERSION, a.itemsize]) + varint_bytes(0)
+    if mdl:
+        return stream_naive(mdl_lengths_naive(a), a)
     counts = np.bincount(a, minlength=1 << (8 * a.itemsize))
     size = int(np.flatnonzero(counts)[-1]) + 1
     return stream_naive(optimal_lengths_naive(counts[:size], MAX_CODE_LENGTH), a)

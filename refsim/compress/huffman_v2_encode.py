@@ -181,9 +181,12 @@ def _pair_tables_loop(scode, slen, pcode, plen):
 _pair_tables = njit(cache=True)(_pair_tables_loop)
 
 
-def _encode_loop(a, a16, width, pairs):
+def _encode_loop(a, a16, width, pairs, given):
     """The version-2 stream of a (n,) uint8/uint16 (width 1/2) as (L,) uint8. pairs: code two
-    symbols per lookup (uint8 only; a16 = the uint16 view of a's first 2 * (n // 2))."""
+    symbols per lookup (uint8 only; a16 = the uint16 view of a's first 2 * (n // 2)).
+    given: (0,) int64 for the default lengths (Sec. 2.1), or the code lengths (A',) to use
+    instead (``huffman_mdl``; the caller guarantees a complete code of <= 24-bit lengths that
+    covers every symbol of a, with A' <= 2^(8 width) and the last length > 0)."""
     n = a.shape[0]
     alphabet = 1 << (8 * width)
     head = np.zeros(12, np.uint8)
@@ -203,12 +206,16 @@ def _encode_loop(a, a16, width, pairs):
     else:
         for i in range(n):
             counts[a[i]] += 1
-    top = alphabet - 1
-    while counts[top] == 0:
-        top -= 1
-    size = top + 1  # A: the table covers symbols 0..A-1
-    lengths = np.zeros(size, np.int64)
-    optimal_lengths(counts[:size], MAX_LEN, lengths)
+    if given.shape[0] > 0:
+        size = given.shape[0]  # A'
+        lengths = given.copy()
+    else:
+        top = alphabet - 1
+        while counts[top] == 0:
+            top -= 1
+        size = top + 1  # A: the table covers symbols 0..A-1
+        lengths = np.zeros(size, np.int64)
+        optimal_lengths(counts[:size], MAX_LEN, lengths)
     codes = np.zeros(size, np.int64)
     canonical(lengths, codes)
     bits = np.zeros(STREAMS, np.int64)  # (4,) payload bits per stream
