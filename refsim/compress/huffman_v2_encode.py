@@ -5,8 +5,8 @@ with ``NUMBA_DISABLE_JIT=1`` they run as the Python they read as. Oracle:
 ``huffman_v2.encode_naive`` (strings of bits); format: ``docs/formats.md`` Sec. 2.
 
 ``encode_kernel``: a histogram per stream (the four segments in lockstep), the code
-(``huffman_build.optimal_lengths``: Huffman's lengths, package-merge's if deeper than 24 bits)
-and canonical codewords, the code-length table (``huffman_table.py``), then the codewords. Bits
+(``huffman_build.optimal_lengths``: Huffman's lengths, package-merge's if deeper than 24 bits;
+or the lengths the caller gives, those of ``huffman_mdl``) and canonical codewords, the code-length table (``huffman_table.py``), then the codewords. Bits
 are packed LSB first, so a codeword goes in bit-reversed: ``acc |= rev << nb``, and a full
 32-bit word leaves ``acc`` without a branch (the word is stored every time; its index advances
 only when it is full). For uint8 symbols and long inputs the encoder codes two symbols per table
