@@ -14,6 +14,7 @@ load the global state, SGD over the client's batches, then sum(n_k * w_k) / sum(
 """
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ MODELS = {"mlp_2nn": mlp_2nn, "cnn_mnist": cnn_mnist}
 _DATA = {}
 
 
-def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None, stack=1):
+def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None, stack=1, client_threads=1):
     if dtype not in _DATA:
         _DATA[dtype] = from_images(load_mnist(), dtype.np, train_limit=K * 600, test_limit=10)
     data = _DATA[dtype]
@@ -42,7 +43,7 @@ def _setup(name, num_clients, dtype=DType.FLOAT32, sizes=None, stack=1):
     model = MODELS[name]()
     params = model.init(make_rng(SEED, Purpose.INIT), "torch", dtype.np)
     cfg = FedAvgConfig(fraction=1.0, epochs=1, batch_size=B, lr=LR, rounds=1, seed=SEED,
-                       dtype=dtype, client_stack=stack)
+                       dtype=dtype, client_stack=stack, client_threads=client_threads)
     return model, params, data, parts, cfg
 
 
@@ -69,6 +70,22 @@ def test_refsim_round(benchmark, name, stack):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_refsim_round_on_client_threads(benchmark, name):
+    """client_threads = the cores (FedAvgConfig.client_threads; run with
+    OPENBLAS_NUM_THREADS=1, as the command at the end of this file): first the bits of the
+    round against one client at a time in this process, then the time."""
+    model, params, data, parts, cfg = _setup(name, 3, sizes=(60, 37, 44), client_threads=THREADS)
+    one, _, _ = run_round(params, {}, 1, replace(cfg, client_threads=1), model, data, parts)
+    got, _, _ = run_round(params, {}, 1, cfg, model, data, parts)
+    assert got.tobytes() == one.tobytes(), "client_threads changed the round's bits"
+    model, params, data, parts, cfg = _setup(name, K, client_threads=THREADS)
+    benchmark.group = f"fedavg round {name} 10x600 B=10"
+    benchmark.extra_info.update(threads=THREADS, role="candidate", client_threads=THREADS)
+    benchmark.pedantic(run_round, args=(params, {}, 1, cfg, model, data, parts),
+                       rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_torch_round(benchmark, name):
     torch.set_num_threads(THREADS)
     model, params, data, parts, _ = _setup(name, K)
@@ -78,12 +95,13 @@ def test_torch_round(benchmark, name):
                        rounds=3, iterations=1, warmup_rounds=1)
 
 
-def alternate(name: str, reps: int, num_clients: int = K, sizes=None):
+def alternate(name: str, reps: int, num_clients: int = K, sizes=None, client_threads: int = 1):
     """[(refsim s, PyTorch s, ratio)] of ``reps`` rounds timed in alternation (refsim, then
     PyTorch, in each repetition), after one warm-up round of each; client_stack 1."""
     import time
     torch.set_num_threads(THREADS)
-    model, params, data, parts, cfg = _setup(name, num_clients, sizes=sizes)
+    model, params, data, parts, cfg = _setup(name, num_clients, sizes=sizes,
+                                             client_threads=client_threads)
     run_round(params, {}, 1, cfg, model, data, parts)
     _torch_round(name, model, params, data, parts)
     rows = []
@@ -101,14 +119,19 @@ def test_alternate_runs():
     """The alternating timer of ``python bench/bench_fedavg.py`` runs (CI: two small clients;
     the oracle check of the round is test_refsim_round's)."""
     assert len(alternate("cnn_mnist", 1, num_clients=2, sizes=(20, 13))) == 1
+    assert len(alternate("cnn_mnist", 1, num_clients=2, sizes=(20, 13), client_threads=2)) == 1
 
 
 if __name__ == "__main__":
-    # python bench/bench_fedavg.py cnn_mnist 3: rounds timed in alternation, median ratio.
+    # python bench/bench_fedavg.py cnn_mnist 3 [client_threads]: rounds timed in alternation,
+    # median ratio. With client_threads > 1 start it as
+    #   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 python bench/bench_fedavg.py cnn_mnist 3 2
+    # (refsim's clients on 2 threads, each with a 1-thread BLAS; PyTorch on 2 threads).
     import sys
-    rows = alternate(sys.argv[1], int(sys.argv[2]))
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    rows = alternate(sys.argv[1], int(sys.argv[2]), client_threads=threads)
     for r, t, q in rows:
         print(f"refsim {r:.3f} s  torch {t:.3f} s  ratio {q:.3f}")
-    print(f"{sys.argv[1]} threads={THREADS} median of {len(rows)}: refsim "
+    print(f"{sys.argv[1]} threads={THREADS} client_threads={threads} median of {len(rows)}: refsim "
           f"{np.median([r[0] for r in rows]):.3f} s  torch {np.median([r[1] for r in rows]):.3f} s"
           f"  ratio {np.median([r[2] for r in rows]):.3f}")

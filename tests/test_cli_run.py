@@ -87,6 +87,8 @@ def test_resume_and_trace_flags(tmp_path, capsys):
     (["--partition", "dirichlet"], "--partition"),
     (["--targets", "1.5"], "--targets"),
     (["--clients", "70000"], "--clients"),
+    (["--client-threads", "0"], "--client-threads"),
+    (["--client-threads", "two"], "--client-threads"),
 ])
 def test_invalid_values_give_one_line_naming_the_flag_and_exit_2(argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse-level errors exit through SystemExit

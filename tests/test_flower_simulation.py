@@ -157,6 +157,7 @@ def test_femnist_by_writer_runs_207_virtual_supernodes_bit_for_bit(tmp_path):
     (["--codec", "tff-compression"], "--codec tff-compression"),
     (["--normalize", "0.5", "0.5"], "--normalize"),
     (["--client-stack", "2"], "--client-stack > 1"),
+    (["--client-threads", "2"], "--client-threads > 1"),
     (["--progress", "tff"], "--progress tff"),
 ])
 def test_what_the_app_cannot_do_is_refused_with_one_line(tmp_path, flags, says):

@@ -17,8 +17,8 @@ K is ``--clients``, or for the writers partition the number of writers (FEMNIST 
 virtual SuperNodes, each evaluated on its writer's test set, as ``refsim run``).
 
 What the app does not offer is refused here, with one line: CIFAR-10 (read from a folder, not
-embedded), tff-compression, --backend cupy, --client-stack > 1, --progress tff, --normalize
-(the app trains on x / 255), the robust aggregators. The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume``
+embedded), tff-compression, --backend cupy, --client-stack > 1, --client-threads > 1,
+--progress tff, --normalize (the app trains on x / 255), the robust aggregators. The client optimizers (``--client-opt``, ``--client-opt-state``), ``--resume``
 (from the run directory's checkpoint.npz, which the ServerApp writes after every round in the
 in-process format) and ``--trace`` / ``--trace-every`` (the in-process ``trace/`` files) are
 carried in the run config; a checkpoint that does not fit the run is refused here (exit 2, as
@@ -84,6 +84,7 @@ def check_engine_settings(s: dict) -> None:
                ("--codec tff-compression", "tff-compression" in s["codec"]),
                ("--backend cupy", s["backend"] != "numpy"),
                ("--client-stack > 1", s["client_stack"] != 1),
+               ("--client-threads > 1", s["client_threads"] != 1),
                ("--progress tff", s.get("progress") == "tff"),
                ("--normalize", s["normalize"] is not None)]
     for what, bad in refused:

@@ -46,8 +46,8 @@ RUN_DEFAULTS = {
     "server_tau": None, "server_bias_correction": False, "bits": 8, "downlink": "raw",
     "downlink_bits": 8, "eval_every": 1, "eval_holdout": 0.0, "fraction_evaluate": 1.0,
     "seed": 0, "dataset": "mnist", "data_dir": None, "normalize": None,
-    "backend": "numpy", "client_stack": 1, "dtype": "float32", "init": "keras",
-    "nan_policy": "raise", "train_limit": None,
+    "backend": "numpy", "client_stack": 1, "client_threads": 1, "dtype": "float32",
+    "init": "keras", "nan_policy": "raise", "train_limit": None,
     "client_opt": "sgd", "client_momentum": 0.9, "client_beta1": 0.9, "client_beta2": 0.999,
     "client_eps": 1e-8, "client_opt_state": "reset",
     "test_limit": None, "targets": [0.95, 0.97], "out": None, "trace": False,
@@ -61,6 +61,7 @@ FIELD_FLAGS = {"fraction": "--fraction", "epochs": "--epochs", "batch_size": "--
                "eval_every": "--eval-every", "eval_holdout": "--eval-holdout",
                "fraction_evaluate": "--fraction-evaluate", "seed": "--seed",
                "backend": "--backend", "client_stack": "--client-stack",
+               "client_threads": "--client-threads",
                "server.lr": "--server-lr",
                "server.momentum": "--server-momentum", "server.beta1": "--server-beta1",
                "server.beta2": "--server-beta2", "server.tau": "--server-tau",
@@ -224,7 +225,8 @@ def make_config(s: dict, codec_kind: str, epochs: int, batch_size: int | None) -
             fraction_evaluate=s["fraction_evaluate"], seed=s["seed"],
             dtype=DType(s["dtype"]), init=InitScheme(s["init"]),
             nan_policy=NanPolicy(s["nan_policy"]), backend=s["backend"],
-            client_stack=s["client_stack"], aggregator=aggregator_config(s, codec_kind),
+            client_stack=s["client_stack"], client_threads=s["client_threads"],
+            aggregator=aggregator_config(s, codec_kind),
             client_opt=ClientOptConfig(ClientOpt(s["client_opt"]), s["client_momentum"],
                                        s["client_beta1"], s["client_beta2"], s["client_eps"],
                                        ClientStatePolicy(s["client_opt_state"])))
@@ -362,6 +364,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add("--client-stack", default=S, type=int,
         help="train up to N equal-sized clients side by side (default 1: one at a time; "
              "faster on a GPU, same results to float rounding)")
+    add("--client-threads", default=S, type=int,
+        help="train up to N clients at once on CPU threads (default 1); the same bits. Run "
+             "with OPENBLAS_NUM_THREADS=1 and N = the number of cores")
     add("--eval-every", default=S, type=int, help="test-set evaluation cadence (default 1)")
     add("--eval-holdout", default=S, type=float,
         help="fraction in [0, 1) of each client held out for federated evaluation (default 0)")

@@ -281,6 +281,7 @@ class FedAvgConfig:
     nan_policy: NanPolicy = NanPolicy.RAISE
     backend: str = "numpy"                # "numpy" or "cupy" (weights and data on the GPU)
     client_stack: int = 1                 # train up to this many equal-sized clients side by side
+    client_threads: int = 1               # train up to this many clients at once, on threads
     aggregator: RobustAggregator | None = None  # None: the weighted mean; else TFF's robust one
     client_opt: ClientOptConfig = field(default_factory=ClientOptConfig)  # local steps' optimizer
 
@@ -311,6 +312,10 @@ class FedAvgConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got "
                              f"{self.backend!r}")
         check_int("client_stack", self.client_stack, 1)
+        check_int("client_threads", self.client_threads, 1)
+        if self.client_threads > 1 and self.backend != "numpy":
+            raise ValueError("client_threads > 1 trains clients on CPU threads; backend "
+                             f"{self.backend} needs client_threads 1")
         if self.aggregator is not None and not isinstance(self.aggregator, RobustAggregator):
             raise TypeError(f"aggregator must be a RobustAggregator or None, got "
                             f"{type(self.aggregator).__name__}")

@@ -92,7 +92,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     payload, copy_bits = encode_broadcast(config.downlink, model, params, config.seed, round_)
     w_tilde = xp.asarray(decode_broadcast(payload, model, config.dtype.np))  # (P,) w~_t
     # Every client receives the same bytes; ClientUpdate never modifies w~_t. "In parallel" in
-    # the paper: here one at a time in ascending id, or side by side (config.client_stack).
+    # the paper: here one at a time in ascending id, or side by side (config.client_stack),
+    # and several at once on threads (config.client_threads): the same results either way.
     parts = [partition[int(k)] for k in S_t]
     reports = [None] * m
     # ClientStatePolicy.KEEP: client k resumes its optimizer state from the last round it trained
@@ -100,7 +101,8 @@ def run_round(params, state: dict, round_: int, config: FedAvgConfig, model: Mod
     keep = config.client_opt.state is ClientStatePolicy.KEEP
     starts = [kept.get(int(k)) for k in S_t] if keep else None
     for i, r in client_updates(w_tilde, data.x_train, data.y_train, parts, hp, config.seed,
-                               round_, S_t, config.client_stack, starts):
+                               round_, S_t, config.client_stack, starts,
+                               config.client_threads):
         reports[i] = report_update(r, model, config.codec, config.seed, round_, int(S_t[i]))
         if keep:
             kept[int(S_t[i])] = r.opt_state
@@ -232,8 +234,10 @@ def _run_fedavg(config, model, data, partition, eval_partition, run_dir, resume,
 
 def checkpoint_meta(config: FedAvgConfig, model: Model, num_clients: int) -> dict:
     """What a checkpoint records of its run (besides the metrics rows); a resumed run must
-    have the same."""
-    return {"config": config.to_dict(), "model": model.name, "num_clients": num_clients}
+    have the same. ``client_threads`` is left out: it schedules the clients and changes no
+    bit, so a run may resume with another value (and checkpoints from before the field fit)."""
+    described = {k: v for k, v in config.to_dict().items() if k != "client_threads"}
+    return {"config": described, "model": model.name, "num_clients": num_clients}
 
 
 def resume_point(ckpt: str, config: FedAvgConfig, model: Model, num_clients: int, w0):

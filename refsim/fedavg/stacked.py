@@ -19,12 +19,14 @@ where a B = 10 step of one client is bound by kernel launches; memory grows with
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
 from refsim.backend import get_xp, to_numpy
 from refsim.data.batching import batch_order, batch_slices
 from refsim.fedavg.client import ClientHParams, ClientResult, check_client_data, client_update
+from refsim.fedavg.client_threads import in_order
 from refsim.nn import sgd_step
 from refsim.nn.stacked import stacked_loss_grad_and_logits
 
@@ -84,17 +86,23 @@ def stacked_client_update(params, x, y, parts: Sequence[np.ndarray], hparams: Cl
 
 def client_updates(params, x, y, parts: Sequence[np.ndarray], hparams: ClientHParams, seed: int,
                    round_: int, clients: Sequence[int], stack: int = 1,
-                   opt_states: Sequence[dict | None] | None = None):
-    """Yield (position, ClientResult) for every client, trained one at a time (``stack`` 1,
-    the reference path, in ascending position) or in the groups of :func:`client_groups`.
+                   opt_states: Sequence[dict | None] | None = None, threads: int = 1):
+    """Yield (position, ClientResult) for every client, trained one at a time (``stack`` 1, the
+    reference path, in ascending position) or in the groups of :func:`client_groups`; with
+    ``threads`` > 1 up to that many clients (or groups) train at once on threads
+    (``refsim.fedavg.client_threads``: the same results, bit for bit).
     ``opt_states[i]`` is client i's optimizer state to start from (None: a fresh one); side by
     side, clients train with plain SGD only (``FedAvgConfig`` refuses the rest)."""
-    for group in client_groups([len(p) for p in parts], stack):
+    def train(group: list[int]) -> list[tuple[int, ClientResult]]:
         if len(group) == 1:
             i = group[0]
-            yield i, client_update(params, x, y, parts[i], hparams, seed, round_,
-                                   int(clients[i]), None if opt_states is None else opt_states[i])
-            continue
-        results = stacked_client_update(params, x, y, [parts[i] for i in group], hparams, seed,
-                                        round_, [clients[i] for i in group])
-        yield from zip(group, results)
+            return [(i, client_update(params, x, y, parts[i], hparams, seed, round_,
+                                      int(clients[i]),
+                                      None if opt_states is None else opt_states[i]))]
+        return list(zip(group, stacked_client_update(params, x, y, [parts[i] for i in group],
+                                                     hparams, seed, round_,
+                                                     [clients[i] for i in group])))
+
+    tasks = [partial(train, g) for g in client_groups([len(p) for p in parts], stack)]
+    for results in in_order(tasks, threads):  # the groups in order, whatever the threads
+        yield from results

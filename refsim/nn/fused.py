@@ -147,8 +147,8 @@ def _backward_loop(dy, argmax, y, dz, zero):
                 dz[o, n, 2 * i + k // 2, 2 * j + k % 2] = g
 
 
-_forward_kernel = numba.njit(cache=True)(_forward_loop)
-_backward_kernel = numba.njit(cache=True)(_backward_loop)
+_forward_kernel = numba.njit(cache=True, nogil=True)(_forward_loop)
+_backward_kernel = numba.njit(cache=True, nogil=True)(_backward_loop)
 
 
 def bias_relu_maxpool_forward(z, b, padding: str = "valid"):

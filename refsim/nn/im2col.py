@@ -99,8 +99,8 @@ def _col2im_loop(cols, before, dx):
                                 dx[n, c, r, s] += cols[c, p, q, n, i, j]
 
 
-_im2col_kernel = numba.njit(cache=True)(_im2col_loop)
-_col2im_kernel = numba.njit(cache=True)(_col2im_loop)
+_im2col_kernel = numba.njit(cache=True, nogil=True)(_im2col_loop)
+_col2im_kernel = numba.njit(cache=True, nogil=True)(_col2im_loop)
 
 
 def im2col_numba(x: np.ndarray, K: int, before: int, Ho: int, Wo: int) -> np.ndarray:

@@ -153,8 +153,8 @@ def _maxpool_backward_loop(dy, argmax, dx):
                     dx[n, c, 2 * i + k // 2, 2 * j + k % 2] += dy[n, c, i, j]
 
 
-_maxpool_forward_kernel = numba.njit(cache=True)(_maxpool_forward_loop)
-_maxpool_backward_kernel = numba.njit(cache=True)(_maxpool_backward_loop)
+_maxpool_forward_kernel = numba.njit(cache=True, nogil=True)(_maxpool_forward_loop)
+_maxpool_backward_kernel = numba.njit(cache=True, nogil=True)(_maxpool_backward_loop)
 
 
 def _pool_outputs(x, padding: str):

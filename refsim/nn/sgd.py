@@ -38,7 +38,7 @@ def _sgd_loop(params, grad, lr, out):
         out[i] = params[i] - lr * grad[i]
 
 
-_sgd_kernel = numba.njit(cache=True)(_sgd_loop)
+_sgd_kernel = numba.njit(cache=True, nogil=True)(_sgd_loop)
 
 
 def sgd_step(params, grad, lr: float, out=None):
