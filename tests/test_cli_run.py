@@ -59,6 +59,17 @@ def test_tiny_comparison_writes_the_run_directory_and_reruns_identically(tmp_pat
         (tmp_path / "b" / "comparison.txt").read_bytes()
 
 
+def test_client_threads_give_the_same_run_files(tmp_path, capsys):
+    argv = [*TINY, "--partition", "iid", "--codec", "quant-huffman"]
+    assert _run([*argv, "--out", str(tmp_path / "one")], capsys)[0] == 0
+    assert _run([*argv, "--client-threads", "3", "--out", str(tmp_path / "three")], capsys)[0] == 0
+    for name in ("metrics.csv", "final_weights.npy"):
+        assert (tmp_path / "three" / "iid-quant-huffman" / name).read_bytes() == \
+            (tmp_path / "one" / "iid-quant-huffman" / name).read_bytes(), name
+    summary = json.loads((tmp_path / "three" / "iid-quant-huffman" / "summary.json").read_text())
+    assert summary["config"]["client_threads"] == 3
+
+
 def test_resume_and_trace_flags(tmp_path, capsys):
     argv = [*TINY, "--partition", "iid", "--codec", "float", "--out", str(tmp_path), "--trace"]
     assert _run(argv, capsys)[0] == 0

@@ -126,9 +126,26 @@ def test_trace_files(run_dir, member, tmp_path):
     trace = tmp_path / "trace"
     shutil.copytree(run_dir / "trace", trace)
     path = trace / member
-    # init.json has no checksum: a flip may rename a tensor or the model, never cut the
-    # weights otherwise (the layout must tile the vector)
+    # init.json has no checksum: a flip may rename the model to one refsim does not know (a
+    # reference model's layout is checked against the model's own), never cut the weights
+    # otherwise (the layout must tile the vector)
     _check(lambda: load_weights(trace), path, path.read_bytes(), _same_tensors)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda lay: [["fc.iias", *lay[0][1:]], *lay[1:]],  # one flipped byte in a name
+    lambda lay: [[lay[0][0], [784, 11], 0], [lay[1][0], [9], 784 * 11]],  # shapes that tile
+    lambda lay: lay[:1],  # a tensor missing
+])
+def test_a_trace_layout_that_still_parses_but_is_not_the_models(run_dir, tmp_path, edit):
+    trace = tmp_path / "trace"
+    shutil.copytree(run_dir / "trace", trace)
+    header = json.loads((trace / "init.json").read_text())
+    header["layout"] = edit(header["layout"])
+    (trace / "init.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match="its layout is not that of model logistic") as err:
+        load_weights(str(trace))
+    _one_line_naming(err.value, "init.json")
 
 
 def test_named_arrays_and_flat_vectors(run_dir, tmp_path):

@@ -161,6 +161,13 @@ def _trace_layout(path: str, header) -> tuple[ParamSpec, ...]:
                              f"with offset {offset} (the sizes before it)")
         layout.append(ParamSpec(entry[0], tuple(entry[1]), offset))
         offset += layout[-1].size
+    model = reference_model(header["model"])  # a damaged name or shape that still parses
+    if model is not None and tuple(layout) != tuple(model.layout):
+        diff = next((f"{tuple(g)!r} against {tuple(w)!r}"
+                     for g, w in zip(layout, model.layout) if g != w),
+                    f"{len(layout)} tensors against {len(model.layout)}")
+        raise ValueError(f"{path}: its layout is not that of model {header['model']} "
+                         f"(first difference: {diff}); the file is damaged or was edited")
     return tuple(layout)
 
 
