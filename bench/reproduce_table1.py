@@ -32,7 +32,7 @@ class _Reached(Exception):
 
 def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed: int,
             model=None, epochs: int = 1, batch_size: int | None = 10, backend: str = "numpy",
-            progress: bool = False, client_stack: int = 1):
+            progress: bool = False, client_stack: int = 1, client_threads: int = 1):
     """(first round with test accuracy >= target or None, [best accuracy, its round]) of one
     run: K = 100, IID or 2 shards of 300 per client, the 2NN unless ``model`` is given;
     ``progress`` prints each round's test accuracy and elapsed time."""
@@ -42,7 +42,7 @@ def run_row(kind: str, c: float, lr: float, target: float, max_rounds: int, seed
              else partition.shards(data.y_train, 100, 2, rng))
     cfg = FedAvgConfig(fraction=c, epochs=epochs, batch_size=batch_size, lr=lr,
                        rounds=max_rounds, seed=seed, backend=backend,
-                       client_stack=client_stack)
+                       client_stack=client_stack, client_threads=client_threads)
     best = [0.0, 0]
     start = time.perf_counter()
 

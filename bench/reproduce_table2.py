@@ -43,9 +43,13 @@ def main() -> None:
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--client-stack", type=int, default=1,
                    help="train up to N equal-sized clients side by side (client_stack)")
+    p.add_argument("--client-threads", type=int, default=1,
+                   help="train up to N clients at once on threads (client_threads; the same "
+                        "bits; start with OPENBLAS_NUM_THREADS=1)")
     args = p.parse_args()
     print(f"CNN, C=0.1, K=100, lr={args.lr}, target {args.target}, seed {args.seed}, "
-          f"backend {args.backend}, client_stack {args.client_stack}")
+          f"backend {args.backend}, client_stack {args.client_stack}, "
+          f"client_threads {args.client_threads}")
     print(f"{'partition':<10}{'E':>4}{'B':>5}{'paper':>8}{'refsim':>8}{'best acc (round)':>20}"
           f"{'time s':>9}")
     for spec in args.rows:
@@ -53,7 +57,8 @@ def main() -> None:
         start = time.perf_counter()
         rounds, best = run_row(kind, 0.1, args.lr, args.target, args.max_rounds, args.seed,
                                model=cnn_mnist(), epochs=e, batch_size=b, backend=args.backend,
-                               progress=True, client_stack=args.client_stack)
+                               progress=True, client_stack=args.client_stack,
+                               client_threads=args.client_threads)
         ours = str(rounds) if rounds is not None else f">{args.max_rounds}"
         print(f"{kind:<10}{e:>4}{'inf' if b is None else b:>5}{PAPER[(kind, e, b)]:>8}{ours:>8}"
               f"{f'{best[0]:.4f} ({best[1]})':>20}{time.perf_counter() - start:>9.1f}", flush=True)
