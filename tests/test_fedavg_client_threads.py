@@ -87,9 +87,12 @@ def test_stopping_early_leaves_no_thread_behind():
     assert not [t for t in threading.enumerate() if t.name.startswith("refsim-client")]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
-def test_the_thread_count_is_checked(bad):
-    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+@pytest.mark.parametrize("bad, error, says", [
+    (0, ValueError, "threads must be >= 1, got 0"), (-1, ValueError, "threads must be >= 1"),
+    (1.5, TypeError, "threads must be an integer"), (True, TypeError, "must be an integer"),
+    ("2", TypeError, "threads must be an integer, got str")])
+def test_the_thread_count_is_checked(bad, error, says):
+    with pytest.raises(error, match=says):
         list(in_order([lambda: 1], bad))
 
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from refsim.fedavg.config import check_int
+
 __all__ = ["in_order"]
 
 T = TypeVar("T")
@@ -48,8 +50,7 @@ def in_order(tasks: Sequence[Callable[[], T]], threads: int) -> Iterator[T]:
     >>> list(in_order([lambda i=i: i * i for i in range(5)], threads=2))
     [0, 1, 4, 9, 16]
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    threads = check_int("threads", threads, 1)
     if threads == 1 or len(tasks) <= 1:
         for task in tasks:
             yield task()
