@@ -177,21 +177,25 @@ def _weights(arrays: dict[str, np.ndarray], path: str) -> np.ndarray:
     return arrays["weights"]
 
 
-def read_trace_header(tdir: str) -> dict:
-    """The trace's ``init.json``, checked: JSON, this refsim's format version, a model name and
-    a layout that tiles the flat vector (ValueError naming the file otherwise)."""
+def _read_trace_header(tdir: str) -> tuple[dict, tuple[ParamSpec, ...]]:
+    """(header, layout) of the trace's ``init.json``; see :func:`read_trace_header`."""
     path = os.path.join(tdir, "init.json")
     header = _read_json(path)
     if isinstance(header, dict) and header.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: trace format_version {header.get('format_version')!r}, "
                          f"this refsim reads {FORMAT_VERSION}")
-    _trace_layout(path, header)
-    return header
+    return header, _trace_layout(path, header)
+
+
+def read_trace_header(tdir: str) -> dict:
+    """The trace's ``init.json``, checked: JSON, this refsim's format version, a model name and
+    a layout that tiles the flat vector and, for a reference model, is that model's own
+    (ValueError naming the file otherwise)."""
+    return _read_trace_header(tdir)[0]
 
 
 def _load_trace(tdir: str) -> WeightSeries:
-    header = read_trace_header(tdir)
-    layout = _trace_layout(os.path.join(tdir, "init.json"), header)
+    header, layout = _read_trace_header(tdir)
     init = os.path.join(tdir, "init.npz")
     snapshots = [Snapshot(0, _split(_weights(read_npz(init), init), layout, f"{init} weights"))]
     rounds = sorted((int(m.group(1)), name) for name in os.listdir(tdir)
