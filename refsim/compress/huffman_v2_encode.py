@@ -6,17 +6,18 @@ with ``NUMBA_DISABLE_JIT=1`` they run as the Python they read as. Oracle:
 
 ``encode_kernel``: a histogram per stream (the four segments in lockstep), the code
 (``huffman_build.optimal_lengths``: Huffman's lengths, package-merge's if deeper than 24 bits;
-or the lengths the caller gives, those of ``huffman_mdl``) and canonical codewords, the code-length table (``huffman_table.py``), then the codewords. Bits
-are packed LSB first, so a codeword goes in bit-reversed: ``acc |= rev << nb``, and a full
-32-bit word leaves ``acc`` without a branch (the word is stored every time; its index advances
-only when it is full). For uint8 symbols and long inputs the encoder codes two symbols per table
-lookup: a 65,536-entry table indexed by the uint16 view of a symbol pair holds both codewords
-(pairs longer than 32 bits fall back to one symbol at a time). Two writers run in lockstep (two
-independent chains of bit arithmetic): x writes streams 0 and 1 in place after the header, y
-streams 2 and 3 in place too (the word where stream 2 starts is shared with the end of stream 1:
-y's version of it is saved and OR-ed back; see ``_encode_loop``), or, when stream 1 or 2 is
-shorter than 4 bytes, past the end, moved into place at the end. (Writing y past the end and
-moving it cost ~0.085 ms of the ~1.3 ms at 1,663,370 symbols.)
+or the lengths the caller gives, those of ``huffman_mdl``) and canonical codewords, the
+code-length table (``huffman_table.py``), then the codewords. Bits are packed LSB first, so a
+codeword goes in bit-reversed: ``acc |= rev << nb``, and a full 32-bit word leaves ``acc``
+without a branch (the word is stored every time; its index advances only when it is full). For
+uint8 symbols and long inputs the encoder codes two symbols per table lookup: a 65,536-entry
+table indexed by the uint16 view of a symbol pair holds both codewords (pairs longer than 32
+bits fall back to one symbol at a time). Two writers run in lockstep (two independent chains of
+bit arithmetic): x writes streams 0 and 1 in place after the header, y streams 2 and 3 in place
+too (the word where stream 2 starts is shared with the end of stream 1: y's version of it is
+saved and OR-ed back; see ``_encode_loop``), or, when stream 1 or 2 is shorter than 4 bytes,
+past the end, moved into place at the end. (Writing y past the end and moving it cost ~0.085 ms
+of the ~1.3 ms at 1,663,370 symbols.)
 
 Tried and not kept (1,663,370 8-bit symbols, Intel Xeon, ``time.thread_time``): a histogram
 reading 8 symbols per uint64 load, with 4, 8 or 16 count tables, int64 or uint32 counters

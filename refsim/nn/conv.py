@@ -256,5 +256,5 @@ def conv2d_backward_t(dy_t, cache: ConvCache, need_dx: bool = True):
         if need_dx:
             dcols = (w_mat.T @ dy_mat).reshape(C, K, K, n1 - n0, Ho, Wo)
             dx[n0:n1] = col2im(dcols, (n1 - n0, C, H, W), before)
-    db = channel_sum_cuda(dy_t, axis=0) if is_cupy_array(dy_t) else dy_t.sum(axis=(1, 2, 3))
+    db = channel_sum_cuda(dy_t, axis=0) if on_gpu else dy_t.sum(axis=(1, 2, 3))
     return dx, dw.reshape(w.shape), db
