@@ -48,3 +48,25 @@ def test_slice_versions_run_on_the_array_module_given(xp):
     np.testing.assert_array_equal(to_numpy(cols), im2col_numba(x, 3, 1, 5, 5))
     np.testing.assert_array_equal(to_numpy(col2im_slices(cols, x.shape, 1)),
                                   col2im_numba(to_numpy(cols), x.shape, 1))
+
+
+def test_numba_kernels_equal_the_slice_oracles_on_random_shapes():
+    """Seeded random shapes and paddings, pads up to K - 1 and inputs smaller than the kernel
+    included, so each tap's in-bounds run is sometimes the whole row, part of it or empty."""
+    rng = np.random.default_rng(16)
+    for _ in range(60):
+        N, C = (int(v) for v in rng.integers(1, 4, size=2))
+        H, W = (int(v) for v in rng.integers(1, 12, size=2))
+        K = int(rng.integers(1, 7))
+        padding = ["valid", "same", int(rng.integers(0, K))][int(rng.integers(3))]
+        if min(H, W) + sum(conv_padding(K, padding)) < K:
+            padding = K - 1  # the kernel must fit the padded input; a pad of K - 1 always does
+        before = conv_padding(K, padding)[0]
+        Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
+        case = (N, C, H, W, K, padding)
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        cols = im2col_numba(x, K, before, Ho, Wo)
+        np.testing.assert_array_equal(cols, im2col_slices(x, K, before, Ho, Wo), err_msg=f"im2col {case}")
+        dcols = rng.standard_normal(cols.shape).astype(np.float32)
+        np.testing.assert_array_equal(col2im_numba(dcols, x.shape, before),
+                                      col2im_slices(dcols, x.shape, before), err_msg=f"col2im {case}")
