@@ -112,3 +112,23 @@ def test_conv2d_is_the_same_in_any_number_of_batch_chunks(monkeypatch, chunk_byt
     for name, g, g_ref in zip(("dx", "dw", "db"), conv2d_backward(dy, cache),
                               conv2d_backward_naive(dy, cache_ref)):
         assert_close(g, g_ref, f"chunks of {chunk_bytes} bytes: {name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk_bytes", [1, 2000, 10**9])
+def test_kept_and_rebuilt_im2col_blocks_give_the_same_bits(monkeypatch, chunk_bytes, dtype):
+    """The backward pass either reuses the forward's im2col blocks (KEEP_COLS_BYTES large) or
+    rebuilds them from x (KEEP_COLS_BYTES = 0): the same blocks, so the same bits."""
+    import refsim.nn.conv as conv
+
+    monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
+    x, w, b, padding = _args((5, 3, 4, 9, 9, 5, "same"), dtype, seed=5)
+    dy = np.random.default_rng(6).standard_normal((5, 4, 9, 9)).astype(dtype)
+    results = {}
+    for keep in (0, 10**9):
+        monkeypatch.setattr(conv, "KEEP_COLS_BYTES", keep)
+        y, cache = conv2d_forward(x, w, b, padding)
+        assert (cache.cols is not None) == (keep > 0)
+        results[keep] = (y, *conv2d_backward(dy, cache))
+    for name, kept, rebuilt in zip(("y", "dx", "dw", "db"), results[10**9], results[0]):
+        np.testing.assert_array_equal(kept, rebuilt, err_msg=f"{name}, chunks of {chunk_bytes} bytes")

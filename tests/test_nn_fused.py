@@ -99,3 +99,29 @@ def test_the_block_equals_conv_relu_pool_layer_by_layer(conv_padding, pool_paddi
     for g, e, name in zip(got, ref, ("dx", "dw", "db")):
         _bits_equal(g, e, f"block backward {name}")
     assert conv_relu_pool_backward(dy, cache, need_dx=False)[0] is None
+
+
+def test_fused_pass_equals_the_layers_on_random_shapes():
+    """Seeded random sizes (odd and even, 1 to 11) and both pool paddings, float32, ties, -0.0,
+    NaN and inf planted; z given as a non-contiguous view on every other shape."""
+    rng = np.random.default_rng(17)
+    for case in range(40):
+        O, N = (int(v) for v in rng.integers(1, 5, size=2))
+        H, W = (int(v) for v in rng.integers(1, 12, size=2))
+        padding = "same" if rng.random() < 0.5 or min(H, W) < 2 else "valid"
+        what = f"random case {case}: {(O, N, H, W, padding)}"
+        z = rng.integers(-3, 4, size=(O, N, H, W)).astype(np.float32)
+        z[rng.random(z.shape) < 0.1] = -0.0
+        z[rng.random(z.shape) < 0.03] = np.nan
+        z[rng.random(z.shape) < 0.03] = np.inf
+        if case % 2:
+            z = np.asfortranarray(z)  # the same values, another layout
+        b = rng.integers(-1, 2, size=O).astype(np.float32)
+        y, cache = bias_relu_maxpool_forward(z, b, padding)
+        y_ref, cache_ref = bias_relu_maxpool_forward_naive(z, b, padding)
+        _bits_equal(y, y_ref, what + " y")
+        np.testing.assert_array_equal(cache.argmax, cache_ref.pool.argmax, err_msg=what + " argmax")
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dy[rng.random(dy.shape) < 0.1] = -0.0
+        _bits_equal(bias_relu_maxpool_backward(dy, cache), bias_relu_maxpool_backward_naive(dy, cache_ref),
+                    what + " dz")

@@ -153,16 +153,17 @@ def conv2d_backward_naive(dy, cache: ConvCache):
 # Vectorised version: im2col + GEMM (``refsim.nn.im2col`` holds the data movement), over
 # chunks of the batch so that each im2col block stays small (CHUNK_BYTES): the blocks stay
 # in cache and are reused rather than allocated afresh. When all the blocks of a batch
-# together take at most KEEP_COLS_BYTES (the MNIST CNN at B = 10: 6.3 MB for conv2) the
+# together take at most KEEP_COLS_BYTES (the MNIST CNN at B = 50: 31 MB for conv2) the
 # forward pass keeps them in its cache and the backward pass reuses them instead of running
-# im2col again; above that the backward pass rebuilds them from x. The threshold is low on
-# purpose: kept blocks are fresh allocations, and beyond a few MB their page faults cost
-# more than the im2col they save (measured: conv2's forward GEMMs at B = 50 went from 7.6 to
-# 16 ms with 31 MB kept). The blocks are the same either way, so the arithmetic is too.
+# im2col again; above that (e.g. a whole client of 600 examples as one batch) the backward
+# pass rebuilds them from x. Kept blocks are fresh allocations and cost page faults, but
+# at B = 50 keeping conv2's 31 MB made the step 0.88x as long as rebuilding them (median
+# of 8 alternations, 2026-12-03, docs/benchmarks.md). The blocks are the same either way, so
+# the arithmetic is too (tests/test_nn_conv.py pins the two).
 
 CHUNK_BYTES = 4 * 2**20
 CHUNK_BYTES_GPU = 2**30  # on a GPU, few large GEMMs beat many small launches
-KEEP_COLS_BYTES = 8 * 2**20
+KEEP_COLS_BYTES = 32 * 2**20
 
 
 def _chunk_size(x, C: int, K: int, Ho: int, Wo: int) -> int:

@@ -92,59 +92,96 @@ def bias_relu_maxpool_backward_naive(dy, cache: NaiveCache):
 # threads beside OpenBLAS's spinning ones oversubscribed the 2-core machine, 5-8x slower).
 
 
+def _relu(v, zero):
+    """max(v, 0) as ``numpy.maximum`` computes it: +0.0 (``zero``, in v's dtype) for every
+    v <= 0, -0.0 included; NaN for NaN."""
+    return v if v > 0 or v != v else zero
+
+
+_relu_kernel = numba.njit(cache=True, nogil=True, inline="always")(_relu)
+
+# The kernels index flat views with np.uint64 offsets (computed from values >= 0) where they
+# can: with signed indices Numba allows for negative (wrap-around) ones, and that keeps LLVM
+# from vectorizing the loops. Measured on conv2 of the MNIST CNN at B = 50 (64 x 50 x 14 x
+# 14, 2026-12-03, same runs): forward 1.94-2.02 ms with signed indices and branches,
+# 0.34-0.62 ms so; backward 0.53-0.89 against 0.23-0.39 ms.
+
+
 def _forward_loop(z, b, y, argmax, zero):
-    """y, argmax (N, O, Ho, Wo) from z (O, N, H, W) and b (O,); window taps outside z
-    ('same' padding of an odd size) never win. Each tap is v = z + b, then the ReLU
-    ``v if v > 0 or v != v else zero``: max(v, 0) as ``numpy.maximum`` computes it (+0.0,
-    ``zero`` in z's dtype, for every v <= 0, -0.0 included; NaN for NaN)."""
+    """y, argmax (N, O, Ho, Wo) from z (O, N, H, W) and b (O,), all C-contiguous. Each tap is
+    v = relu(z + b); a later tap wins only if strictly greater (the first maximum wins; a NaN
+    wins only as the first tap). Windows with all four taps inside z go branch-free; the
+    others (the last row or column of an odd size under 'same' pooling) skip their taps
+    outside z, which never win."""
     O, N, H, W = z.shape
     Ho, Wo = y.shape[2], y.shape[3]
+    zf, yf, af = z.reshape(-1), y.reshape(-1), argmax.reshape(-1)
+    full_i, full_j = min(Ho, H // 2), min(Wo, W // 2)  # windows inside z
+    one, two = np.uint64(1), np.uint64(2)
     for t in range(O * N):
         o, n = t // N, t % N
         bias = b[o]
         for i in range(Ho):
+            out = np.uint64(((n * O + o) * Ho + i) * Wo)  # y[n, o, i, 0]
+            j_edge = 0
+            if i < full_i:
+                r0 = np.uint64((t * H + 2 * i) * W)  # z[o, n, 2i, 0]
+                r1 = r0 + np.uint64(W)
+                for j in range(np.uint64(full_j)):
+                    best, k = _relu_kernel(zf[r0 + two * j] + bias, zero), 0  # tap (0, 0)
+                    v = _relu_kernel(zf[r0 + two * j + one] + bias, zero)  # tap (0, 1)
+                    k = 1 if v > best else k
+                    best = v if v > best else best
+                    v = _relu_kernel(zf[r1 + two * j] + bias, zero)  # tap (1, 0)
+                    k = 2 if v > best else k
+                    best = v if v > best else best
+                    v = _relu_kernel(zf[r1 + two * j + one] + bias, zero)  # tap (1, 1)
+                    k = 3 if v > best else k
+                    best = v if v > best else best
+                    yf[out + j] = best
+                    af[out + j] = k
+                j_edge = full_j
             r = 2 * i  # always inside z; row r + 1 may not be
-            for j in range(Wo):
+            for j in range(j_edge, Wo):
                 s = 2 * j  # always inside z; column s + 1 may not be
-                v = z[o, n, r, s] + bias  # tap (0, 0)
-                best, best_k = (v if v > 0 or v != v else zero), 0
+                best, k = _relu_kernel(z[o, n, r, s] + bias, zero), 0
                 if s + 1 < W:
-                    v = z[o, n, r, s + 1] + bias  # tap (0, 1)
-                    v = v if v > 0 or v != v else zero
+                    v = _relu_kernel(z[o, n, r, s + 1] + bias, zero)
                     if v > best:
-                        best, best_k = v, 1
+                        best, k = v, 1
                 if r + 1 < H:
-                    v = z[o, n, r + 1, s] + bias  # tap (1, 0)
-                    v = v if v > 0 or v != v else zero
+                    v = _relu_kernel(z[o, n, r + 1, s] + bias, zero)
                     if v > best:
-                        best, best_k = v, 2
+                        best, k = v, 2
                     if s + 1 < W:
-                        v = z[o, n, r + 1, s + 1] + bias  # tap (1, 1)
-                        v = v if v > 0 or v != v else zero
+                        v = _relu_kernel(z[o, n, r + 1, s + 1] + bias, zero)
                         if v > best:
-                            best, best_k = v, 3
-                y[n, o, i, j] = best  # strict '>': the first maximum wins
-                argmax[n, o, i, j] = best_k
+                            best, k = v, 3
+                y[n, o, i, j] = best
+                argmax[n, o, i, j] = k
 
 
 def _backward_loop(dy, argmax, y, dz, zero):
-    """Fill dz (O, N, H, W): at each window's winner the pool's 0 + dy, times the ReLU's mask
-    [y > 0] as the float 0 or 1 that ``relu_backward`` multiplies by; 0 elsewhere (also a
-    last odd row or column that 'valid' pooling dropped)."""
+    """Fill dz (O, N, H, W), all C-contiguous: 0 everywhere (also a last odd row or column
+    that 'valid' pooling dropped), then at each window's winner the pool's 0 + dy, times the
+    ReLU's mask [y > 0] as the float 0 or 1 that ``relu_backward`` multiplies by."""
     O, N, H, W = dz.shape
     Ho, Wo = dy.shape[2], dy.shape[3]
+    dyf, af, yf, dzf = dy.reshape(-1), argmax.reshape(-1), y.reshape(-1), dz.reshape(-1)
+    for t in range(dzf.size):
+        dzf[t] = zero
+    two = np.uint64(2)
     for t in range(O * N):
         o, n = t // N, t % N
-        for r in range(H):
-            for s in range(W):
-                dz[o, n, r, s] = zero
         for i in range(Ho):
-            for j in range(Wo):
-                k = argmax[n, o, i, j]
-                g = zero + dy[n, o, i, j]  # the pool's dx: zeros, plus dy at the winner
-                if not y[n, o, i, j] > 0:
+            src = np.uint64(((n * O + o) * Ho + i) * Wo)  # dy[n, o, i, 0]
+            row = np.uint64((t * H + 2 * i) * W)  # dz[o, n, 2i, 0]
+            for j in range(np.uint64(Wo)):
+                k = np.uint64(af[src + j])
+                g = zero + dyf[src + j]  # the pool's dx: zeros, plus dy at the winner
+                if not yf[src + j] > 0:
                     g = g * zero  # the ReLU's dx = dy * mask, mask False
-                dz[o, n, 2 * i + k // 2, 2 * j + k % 2] = g
+                dzf[row + k // two * np.uint64(W) + two * j + k % two] = g
 
 
 _forward_kernel = numba.njit(cache=True, nogil=True)(_forward_loop)
@@ -155,14 +192,14 @@ def bias_relu_maxpool_forward(z, b, padding: str = "valid"):
     """y = maxpool(relu(z + b)) in one compiled pass (NumPy arrays). Oracle
     :func:`bias_relu_maxpool_forward_naive`.
 
-    z : ndarray, shape (O, N, H, W), C-contiguous; b : ndarray, shape (O,).
+    z : ndarray, shape (O, N, H, W) (copied if not C-contiguous); b : ndarray, shape (O,).
     Returns y : ndarray, shape (N, O, Ho, Wo), and the cache for the backward pass.
     """
     O, N, H, W = z.shape
     Ho, Wo = pool_output_size(H, padding), pool_output_size(W, padding)
     y = np.empty((N, O, Ho, Wo), dtype=z.dtype)  # (N, O, Ho, Wo)
     argmax = np.empty((N, O, Ho, Wo), dtype=np.int8)  # (N, O, Ho, Wo)
-    _forward_kernel(z, b, y, argmax, z.dtype.type(0))
+    _forward_kernel(np.ascontiguousarray(z), b, y, argmax, z.dtype.type(0))
     return y, FusedCache(z.shape, argmax, y)
 
 
