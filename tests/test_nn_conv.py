@@ -132,3 +132,28 @@ def test_kept_and_rebuilt_im2col_blocks_give_the_same_bits(monkeypatch, chunk_by
         results[keep] = (y, *conv2d_backward(dy, cache))
     for name, kept, rebuilt in zip(("y", "dx", "dw", "db"), results[10**9], results[0]):
         np.testing.assert_array_equal(kept, rebuilt, err_msg=f"{name}, chunks of {chunk_bytes} bytes")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, chunk_bytes", [((50, 32, 64, 14, 14, 5, "same"), 4 * 2**20),
+                                                ((7, 3, 5, 9, 8, 3, "valid"), 700),
+                                                ((3, 1, 32, 28, 28, 5, "same"), 10**9)])
+def test_the_forward_gemm_written_in_place_is_the_product_of_each_chunk(monkeypatch, shape,
+                                                                        chunk_bytes, dtype):
+    """conv2d_gemm_forward writes each chunk's w_mat @ cols into z's columns; the bits are
+    those of the product computed on its own (what the docs claim for the in-place write)."""
+    import refsim.nn.conv as conv
+    from refsim.nn.im2col import im2col_slices
+
+    monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
+    x, w, _, padding = _args(shape, dtype, seed=7)
+    N, C, O, H, W, K, _ = shape
+    before = conv_padding(K, padding)[0]
+    Ho, Wo = conv_output_size(H, K, padding), conv_output_size(W, K, padding)
+    z, _ = conv.conv2d_gemm_forward(x, w, padding)
+    step = conv._chunk_size(x, C, K, Ho, Wo)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        cols = im2col_slices(x[n0:n1], K, before, Ho, Wo).reshape(C * K * K, -1)
+        expected = (w.reshape(O, -1) @ cols).reshape(O, n1 - n0, Ho, Wo)
+        np.testing.assert_array_equal(z[:, n0:n1], expected, err_msg=f"chunk {n0}:{n1}")
