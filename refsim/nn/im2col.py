@@ -15,10 +15,11 @@ Two implementations of each, one algorithm:
 
 * ``im2col_slices`` / ``col2im_slices``: K*K shifted-window copies over any array module
   (NumPy, CuPy). The readable version and the oracle.
-* ``im2col_numba`` / ``col2im_numba``: the same loops written element by element and
-  compiled by Numba, used for NumPy arrays because NumPy's strided copies of short rows
-  are slow. Each tap's output row is split into its zero padding and one contiguous
-  in-bounds run, so the copy loop has no branch and Numba vectorizes it.
+* ``im2col_numba`` / ``col2im_numba``: the same maps as explicit loops compiled by Numba,
+  used for NumPy arrays because NumPy's strided copies of short rows are slow. Each tap's
+  output row is split into its zero padding and one contiguous in-bounds run (under "same"
+  padding, one run over all the tap's rows), so the copy and add loops have no branch and
+  Numba vectorizes them; col2im of other widths keeps a per-element loop.
   ``tests/test_nn_im2col.py`` pins them to the slice versions bit for bit (both add the taps
   of one element in the same order).
 * ``refsim.nn.cuda.im2col_cuda`` / ``col2im_cuda``: CUDA kernels, used for CuPy arrays, pinned
