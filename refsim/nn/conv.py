@@ -189,13 +189,14 @@ def conv2d_gemm_forward(x, w, padding: str | int = "valid"):
     w_mat = w.reshape(O, C * K * K)  # (O, C*K*K)
     z = xp.empty((O, N, Ho, Wo), dtype=x.dtype)  # (O, N, Ho, Wo): the GEMM's natural layout
     z_mat = z.reshape(O, N * Ho * Wo)  # a view: chunk n0..n1 is the columns n0*Ho*Wo..n1*Ho*Wo
+    on_gpu = is_cupy_array(z)
     step = _chunk_size(x, C, K, Ho, Wo)
     keep = C * K * K * N * Ho * Wo * x.itemsize <= KEEP_COLS_BYTES
     kept = []
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         cols = im2col(x[n0:n1], K, pads[0], Ho, Wo).reshape(C * K * K, -1)  # (C*K*K, n*Ho*Wo)
-        if is_cupy_array(z):
+        if on_gpu:
             z[:, n0:n1] = (w_mat @ cols).reshape(O, n1 - n0, Ho, Wo)
         else:  # OpenBLAS writes the chunk's columns of z in place (same bits, no copy)
             np.matmul(w_mat, cols, out=z_mat[:, n0 * Ho * Wo:n1 * Ho * Wo])
