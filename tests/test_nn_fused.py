@@ -103,7 +103,7 @@ def test_the_block_equals_conv_relu_pool_layer_by_layer(conv_padding, pool_paddi
 
 def test_fused_pass_equals_the_layers_on_random_shapes():
     """Seeded random sizes (odd and even, 1 to 11) and both pool paddings, float32, ties, -0.0,
-    NaN and inf planted; z given as a non-contiguous view on every other shape."""
+    NaN and inf planted; every other z in Fortran order (not C-contiguous, so it is copied)."""
     rng = np.random.default_rng(17)
     for case in range(40):
         O, N = (int(v) for v in rng.integers(1, 5, size=2))
