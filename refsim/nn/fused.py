@@ -30,6 +30,7 @@ unfused layers, whose CUDA kernels give the same bits.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import NamedTuple
 
 import numba
@@ -221,15 +222,18 @@ class BlockCache(NamedTuple):
     rest: object  # FusedCache (NumPy), or the (ReLU mask, PoolCache) of the unfused layers
 
 
-def conv_relu_pool_forward(x, w, b, conv_padding="valid", pool_padding: str = "valid"):
+def conv_relu_pool_forward(x, w, b, conv_padding="valid", pool_padding: str = "valid",
+                           executor: Executor | None = None):
     """maxpool(relu(conv2d(x, w, b))): x (N, C, H, W) -> y (N, O, Ho', Wo'), and the cache.
 
     NumPy arrays: the GEMM of ``conv2d_gemm_forward``, then the fused pass. Other arrays
     (CuPy): ``conv2d_forward``, ``relu_forward``, ``maxpool2d_forward``. Same bits.
+    ``executor`` runs the convolution's batch chunks side by side, with the same bits
+    (``refsim.nn.conv.map_chunks``); the fused pass runs in the calling thread.
     """
     _check_conv_args(x, w, b)
     if isinstance(x, np.ndarray) and not is_cupy_array(x):
-        z, conv = conv2d_gemm_forward(x, w, conv_padding)  # (O, N, H', W')
+        z, conv = conv2d_gemm_forward(x, w, conv_padding, executor)  # (O, N, H', W')
         y, rest = bias_relu_maxpool_forward(z, b, pool_padding)
         return y, BlockCache(conv, rest)
     h, conv = conv2d_forward(x, w, b, conv_padding)  # (N, O, H', W')
@@ -238,11 +242,13 @@ def conv_relu_pool_forward(x, w, b, conv_padding="valid", pool_padding: str = "v
     return y, BlockCache(conv, (mask, pool))
 
 
-def conv_relu_pool_backward(dy, cache: BlockCache, need_dx: bool = True):
+def conv_relu_pool_backward(dy, cache: BlockCache, need_dx: bool = True,
+                            executor: Executor | None = None):
     """Gradients of :func:`conv_relu_pool_forward`: dy (N, O, Ho', Wo') -> dx (N, C, H, W)
-    (None unless ``need_dx``), dw (O, C, K, K), db (O,)."""
+    (None unless ``need_dx``), dw (O, C, K, K), db (O,). ``executor`` as in the forward."""
     if isinstance(cache.rest, FusedCache):
-        return conv2d_backward_t(bias_relu_maxpool_backward(dy, cache.rest), cache.conv, need_dx)
+        dz = bias_relu_maxpool_backward(dy, cache.rest)  # (O, N, H', W')
+        return conv2d_backward_t(dz, cache.conv, need_dx, executor)
     mask, pool = cache.rest
     d = relu_backward(maxpool2d_backward(dy, pool), mask)  # (N, O, H', W')
-    return conv2d_backward(d, cache.conv, need_dx)
+    return conv2d_backward(d, cache.conv, need_dx, executor)

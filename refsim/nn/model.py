@@ -17,6 +17,7 @@ Images are NCHW. The four models of the paper and tutorials live in ``refsim.nn.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
@@ -221,9 +222,10 @@ class Model:
 
     # -- forward and backward -------------------------------------------------------------
 
-    def forward(self, params, x):
-        """Logits (N, K) for inputs x (N, *input_shape) of the same dtype as ``params``."""
-        logits, _ = self._forward(params, x)
+    def forward(self, params, x, *, executor: Executor | None = None):
+        """Logits (N, K) for inputs x (N, *input_shape) of the same dtype as ``params``.
+        ``executor``: as in :meth:`loss_grad_and_logits`."""
+        logits, _ = self._forward(params, x, executor=executor)
         return logits
 
     def loss_and_grad(self, params, x, y):
@@ -234,7 +236,8 @@ class Model:
         loss, grad, _ = self.loss_grad_and_logits(params, x, y)
         return loss, grad
 
-    def loss_grad_and_logits(self, params, x, y, *, check_values: bool = True):
+    def loss_grad_and_logits(self, params, x, y, *, check_values: bool = True,
+                             executor: Executor | None = None):
         """``loss_and_grad`` plus the logits (N, K) of the same forward pass, so a training loop
         can count correct predictions without a second forward pass.
 
@@ -242,8 +245,14 @@ class Model:
         (shapes and dtypes are still checked), for a loop that checked its data once; on a GPU
         each scan waits for the device. The loss is a float64 0-d array for CuPy arrays (see
         ``refsim.nn.loss.softmax_cross_entropy``).
+
+        ``executor`` (e.g. ``concurrent.futures.ThreadPoolExecutor(2)``, made and shut down by
+        the caller) runs the batch chunks of every convolution side by side: the same bits
+        as without it, in less time on several cores when OpenBLAS runs one thread per call
+        (``OPENBLAS_NUM_THREADS=1``; ``refsim.nn.conv.map_chunks``, docs/nn.md). NumPy arrays
+        only; CuPy arrays ignore it.
         """
-        logits, caches = self._forward(params, x, check_values)
+        logits, caches = self._forward(params, x, check_values, executor)
         if check_values:
             check_labels(y, x.shape[0], self.num_classes)
         elif y.shape != (x.shape[0],):
@@ -256,9 +265,9 @@ class Model:
             layer = self.layers[i]
             need_dx = i > 0  # nobody needs the gradient with respect to the data
             if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
-                d, dw, db = conv_relu_pool_backward(d, cache, need_dx)
+                d, dw, db = conv_relu_pool_backward(d, cache, need_dx, executor)
             elif isinstance(layer, Conv2D):
-                d, dw, db = conv2d_backward(d, cache, need_dx)
+                d, dw, db = conv2d_backward(d, cache, need_dx, executor)
             elif isinstance(layer, Dense):
                 d, dw, db = linear_backward(d, cache, need_dx, gview[f"{layer.name}.weight"])
             elif isinstance(layer, MaxPool2D):
@@ -273,7 +282,8 @@ class Model:
                 gview[f"{layer.name}.bias"][...] = db
         return loss, grad, logits
 
-    def _forward(self, params, x, check_values: bool = True):
+    def _forward(self, params, x, check_values: bool = True,
+                 executor: Executor | None = None):
         self._check_input(params, x, check_values)
         view = self.views(params)
         caches = []
@@ -283,10 +293,10 @@ class Model:
             if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
                 h, cache = conv_relu_pool_forward(h, view[f"{layer.name}.weight"],
                                                   view[f"{layer.name}.bias"], layer.padding,
-                                                  self.layers[i + 2].padding)
+                                                  self.layers[i + 2].padding, executor)
             elif isinstance(layer, Conv2D):
                 h, cache = conv2d_forward(h, view[f"{layer.name}.weight"],
-                                          view[f"{layer.name}.bias"], layer.padding)
+                                          view[f"{layer.name}.bias"], layer.padding, executor)
             elif isinstance(layer, Dense):
                 h, cache = linear_forward(h, view[f"{layer.name}.weight"],
                                           view[f"{layer.name}.bias"])
