@@ -1,7 +1,7 @@
 """The ``refsim`` command line: the only package that prints, reads files it is not handed by
 path, and turns errors into exit codes. One module per subcommand:
 
-``refsim info``   version, backends, models (``info.py``)
+``refsim info``   version, BLAS, backends, models (``info.py``)
 ``refsim run``    FedAvg on the embedded MNIST, the main job (``run.py``, ``run_settings.py``)
 ``refsim compare``  where two traces or weight files diverge (``compare.py``)
 ``refsim compare-steps``  each local SGD step of a candidate, from its own weights
@@ -11,6 +11,9 @@ path, and turns errors into exit codes. One module per subcommand:
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from refsim.cli import compare, compare_steps, flower_app, golden, info, run
 from refsim.cli._common import ArgParser
@@ -29,6 +32,17 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code.
+
+    A reader that closes the output early (``refsim info | head -1``) ends the command with
+    exit code 1 and no traceback, as the Python documentation advises for SIGPIPE: stdout is
+    pointed at os.devnull so the interpreter's final flush cannot fail again."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 import refsim
+from refsim.blas import describe_blas
 from refsim.fedavg.storage import atomic_write_bytes
 
 __all__ = ["UsageError", "ArgParser", "flag", "write_text", "versions"]
@@ -37,9 +38,10 @@ def write_text(path: str, text: str) -> None:
 
 
 def versions() -> dict:
-    """The versions a result depends on (written to ``summary.json``)."""
+    """The versions a result depends on (written to ``summary.json``), with the BLAS kernel
+    and threads that float bits depend on (``refsim.blas``)."""
     import numba
     import scipy
     return {"refsim": refsim.__version__, "python": sys.version.split()[0],
             "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "blas": describe_blas()}
