@@ -10,6 +10,15 @@ of the medians; the result is the median over repetitions. Threads: torch.set_nu
 with OMP/OpenBLAS/MKL limited to T by the environment (set them before Python starts, as the
 command below does).
 
+With a fifth argument L > 0 refsim's step also runs with ``threads=ChunkThreads(L)`` (the
+convolutions' batch chunks on L lanes, the caller and L - 1 threads, ``refsim.nn.chunk_threads``): each repetition
+then times refsim without it, refsim with it and PyTorch, in turn, checks that both refsim
+runs end on the same weights, bit for bit, and reports both ratios. Give the chunk threads
+the cores and OpenBLAS one thread (PyTorch keeps T through torch.set_num_threads):
+
+    for B in 10 50; do OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=2 \
+      NUMBA_NUM_THREADS=1 PYTHONPATH=. python bench/bench_step_alternating.py $B 2 5 30 2; done
+
 Before timing, refsim's first step is checked against PyTorch's on the same weights and batch
 (float32, rtol 1e-4), so a fast wrong answer is never timed.
 
@@ -29,7 +38,8 @@ import numpy as np
 
 from refsim.data import load_mnist
 from refsim.fedavg import DType, from_images
-from refsim.nn import cnn_mnist, from_torch_state_dict, sgd_step, to_torch_state_dict
+from refsim.blas import describe_blas
+from refsim.nn import ChunkThreads, cnn_mnist, from_torch_state_dict, sgd_step, to_torch_state_dict
 
 LR = 0.05
 IN_PLACE = "out" in inspect.signature(sgd_step).parameters
@@ -63,12 +73,16 @@ def check_first_step(model, params, x, y, net) -> None:
                                err_msg="refsim's CNN step differs from PyTorch's")
 
 
-def _time_refsim(model, w, x, y, batch, steps):
+def _time_refsim(model, w, x, y, batch, steps, lanes=None):
     times = []
     for s in range(steps):
         xb, yb = x[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch]
         t = time.perf_counter()
-        _, grad, _ = model.loss_grad_and_logits(w, xb, yb, check_values=False)
+        if lanes is None:  # also a refsim from before threads= (for before/after runs)
+            _, grad, _ = model.loss_grad_and_logits(w, xb, yb, check_values=False)
+        else:
+            _, grad, _ = model.loss_grad_and_logits(w, xb, yb, check_values=False,
+                                                    threads=lanes)
         if IN_PLACE:
             sgd_step(w, grad, LR, out=w)
         else:  # a refsim from before sgd_step(..., out=) (for before/after runs)
@@ -92,22 +106,43 @@ def _time_torch(net, opt, xt, yt, batch, steps):
 
 def measure(batch: int, threads: int, reps: int, steps: int):
     """[(refsim median s, torch median s, ratio)] for each repetition, alternating."""
+    return [(row["refsim"], row["torch"], row["refsim"] / row["torch"])
+            for row in measure_with_chunk_threads(batch, threads, reps, steps, 0)]
+
+
+def measure_with_chunk_threads(batch: int, threads: int, reps: int, steps: int,
+                               chunk_threads: int):
+    """[{"refsim": s, "torch": s, and with chunk_threads > 0 "chunks": s}] medians for each
+    repetition, alternating; "chunks" is refsim with ChunkThreads(chunk_threads), and
+    its weights after each repetition equal refsim's without it, bit for bit."""
     import torch
     torch.set_num_threads(threads)
     model, params, x, y, net = _setup(batch, steps)
     check_first_step(model, params, x[:batch], y[:batch], net)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    w = params.copy()
-    _time_refsim(model, w, x, y, batch, 2)  # warm-up (Numba's cache, BLAS buffers)
-    _time_torch(net, opt, xt, yt, batch, 2)
-    rows = []
-    for _ in range(reps):
-        w[...] = params  # every repetition trains from the same weights
-        r = _time_refsim(model, w, x, y, batch, steps)
-        t = _time_torch(net, opt, xt, yt, batch, steps)
-        rows.append((r, t, r / t))
-    return rows
+    pool = ChunkThreads(chunk_threads) if chunk_threads > 0 else None
+    try:
+        w, w_chunks = params.copy(), params.copy()
+        _time_refsim(model, w, x, y, batch, 2)  # warm-up (Numba's cache, BLAS buffers)
+        if pool is not None:
+            _time_refsim(model, w_chunks, x, y, batch, 2, pool)
+        _time_torch(net, opt, xt, yt, batch, 2)
+        rows = []
+        for _ in range(reps):
+            w[...] = params  # every repetition trains from the same weights
+            row = {"refsim": _time_refsim(model, w, x, y, batch, steps)}
+            if pool is not None:
+                w_chunks[...] = params
+                row["chunks"] = _time_refsim(model, w_chunks, x, y, batch, steps, pool)
+                if w_chunks.tobytes() != w.tobytes():
+                    raise AssertionError("refsim's steps on chunk threads changed the bits")
+            row["torch"] = _time_torch(net, opt, xt, yt, batch, steps)
+            rows.append(row)
+        return rows
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def test_alternating_step_checks_and_runs():
@@ -115,19 +150,35 @@ def test_alternating_step_checks_and_runs():
     pytest.importorskip("torch", reason="the PyTorch baseline needs torch==2.13.0 (CPU)")
     rows = measure(batch=10, threads=1, reps=2, steps=2)
     assert len(rows) == 2 and all(r > 0 and t > 0 for r, t, _ in rows)
+    rows = measure_with_chunk_threads(batch=10, threads=1, reps=1, steps=2, chunk_threads=2)
+    assert len(rows) == 1 and set(rows[0]) == {"refsim", "chunks", "torch"}
 
 
 def main(argv) -> int:
-    if len(argv) != 5:
+    if len(argv) not in (5, 6):
         print(__doc__)
         return 2
-    batch, threads, reps, steps = map(int, argv[1:])
-    rows = measure(batch, threads, reps, steps)
-    for i, (r, t, q) in enumerate(rows):
-        print(f"rep {i}: refsim {r * 1e3:.2f} ms  torch {t * 1e3:.2f} ms  ratio {q:.3f}")
-    r, t, q = (float(np.median([row[k] for row in rows])) for k in range(3))
-    print(f"B={batch} threads={threads} median of {reps}: refsim {r * 1e3:.2f} ms  "
-          f"torch {t * 1e3:.2f} ms  ratio {q:.3f}")
+    batch, threads, reps, steps = map(int, argv[1:5])
+    chunk_threads = int(argv[5]) if len(argv) == 6 else 0
+    print(f"OpenBLAS: {describe_blas()}")
+    rows = measure_with_chunk_threads(batch, threads, reps, steps, chunk_threads)
+    for i, row in enumerate(rows):
+        line = f"rep {i}: refsim {row['refsim'] * 1e3:.2f} ms"
+        if chunk_threads:
+            line += f"  on {chunk_threads} chunk lanes {row['chunks'] * 1e3:.2f} ms"
+        print(f"{line}  torch {row['torch'] * 1e3:.2f} ms  ratio {row['refsim'] / row['torch']:.3f}"
+              + (f"  chunks/torch {row['chunks'] / row['torch']:.3f}"
+                 f"  chunks/refsim {row['chunks'] / row['refsim']:.3f}" if chunk_threads else ""))
+
+    def median(f):
+        return float(np.median([f(row) for row in rows]))
+    print(f"B={batch} threads={threads} median of {reps}: refsim {median(lambda r: r['refsim']) * 1e3:.2f} "
+          f"ms  torch {median(lambda r: r['torch']) * 1e3:.2f} ms  "
+          f"ratio {median(lambda r: r['refsim'] / r['torch']):.3f}")
+    if chunk_threads:
+        print(f"  on {chunk_threads} chunk lanes: {median(lambda r: r['chunks']) * 1e3:.2f} ms  "
+              f"ratio to torch {median(lambda r: r['chunks'] / r['torch']):.3f}  "
+              f"to refsim serial {median(lambda r: r['chunks'] / r['refsim']):.3f} (same bits)")
     return 0
 
 

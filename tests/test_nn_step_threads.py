@@ -1,18 +1,20 @@
-"""The convolution's batch chunks on threads (``executor=``): the serial bits, for any executor.
+"""The convolution's batch chunks on lanes of threads (``threads=ChunkThreads(L)``): the serial
+bits, for any number of lanes; and ChunkThreads itself.
 
 The serial chunk loop is the oracle (itself pinned to the loop-level convolution in
-tests/test_nn_conv.py); with an executor the same chunks run side by side and must give
+tests/test_nn_conv.py); on lanes the same chunks run side by side and must give
 the same bits: forward output, kept im2col blocks, dx, dw, db, and a whole training step.
 """
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+import refsim.nn.chunk_threads as chunk_threads
 import refsim.nn.conv as conv
-from refsim.nn import Conv2D, Dense, Flatten, MaxPool2D, Model, ReLU, cnn_mnist, sgd_step
+from refsim.nn import (ChunkThreads, Conv2D, Dense, Flatten, MaxPool2D, Model, ReLU, cnn_mnist,
+                       sgd_step)
 from refsim.nn.conv import conv2d_backward, conv2d_forward, map_chunks
 from refsim.nn.fused import conv_relu_pool_backward, conv_relu_pool_forward
 
@@ -21,10 +23,10 @@ THREADS = (1, 2, 3)
 
 @pytest.fixture(scope="module")
 def pools():
-    made = {t: ThreadPoolExecutor(t, thread_name_prefix=f"test-chunks-{t}") for t in THREADS}
+    made = {t: ChunkThreads(t) for t in THREADS}
     yield made
-    for pool in made.values():
-        pool.shutdown(wait=True)
+    for lanes in made.values():
+        lanes.close()
 
 
 @pytest.fixture
@@ -36,42 +38,78 @@ def small_chunks(monkeypatch):
     return use
 
 
-def test_map_chunks_yields_in_order_on_the_pool(pools):
-    callers = set()
+def test_chunk_k_runs_on_lane_k_mod_L_and_results_come_in_order(pools):
+    me = threading.current_thread().name
+    for lanes in THREADS:
+        ran_on = {}
 
-    def work(k):
-        callers.add(threading.current_thread().name)
-        return k * k
-    assert list(map_chunks(work, 7, pools[2])) == [k * k for k in range(7)]
-    assert callers and all(name.startswith("test-chunks-2") for name in callers)
-    callers.clear()
-    assert list(map_chunks(work, 1, pools[2])) == [0]  # one chunk: no hand-off
-    assert list(map_chunks(work, 3, None)) == [0, 1, 4]
-    assert callers == {threading.current_thread().name}
-    assert list(map_chunks(work, 0, pools[2])) == []
+        def work(k):
+            ran_on[k] = threading.current_thread().name
+            return k * k
+        assert pools[lanes].map(work, 7) == [k * k for k in range(7)]
+        assert ran_on == {k: me if k % lanes == 0 else f"refsim-chunks-{k % lanes}"
+                          for k in range(7)}, lanes
+        assert pools[lanes].map(work, 0) == []
+        assert pools[lanes].map(work, 1) == [0]
 
 
-def test_map_chunks_serial_runs_each_chunk_when_asked():
+def test_map_chunks_serial_runs_each_chunk_when_asked(pools):
     started = []
     chunks = map_chunks(lambda k: started.append(k) or k, 3, None)
     assert started == []
-    assert next(chunks) == 0 and started == [0]
+    assert next(iter(chunks)) == 0 and started == [0]
+    assert map_chunks(lambda k: -k, 3, pools[2]) == [0, -1, -2]
 
 
-def test_map_chunks_raises_at_the_failing_chunk_after_all_finished(pools):
+def test_the_first_failing_chunk_is_raised_after_every_lane_finished(pools):
     finished = []
 
     def work(k):
-        if k == 2:
-            raise ValueError("chunk 2 is bad")
-        threading.Event().wait(0.01)
+        if k in (4, 2):
+            raise ValueError(f"chunk {k} is bad")
+        threading.Event().wait(0.005)
         finished.append(k)
         return k
-    results = map_chunks(work, 6, pools[3])
-    assert [next(results), next(results)] == [0, 1]
-    assert sorted(finished) == [0, 1, 3, 4, 5]  # every other chunk ran to its end
     with pytest.raises(ValueError, match="chunk 2 is bad"):
-        next(results)
+        pools[3].map(work, 9)
+    # lane 2 (chunks 2, 5, 8) stopped at chunk 2, lane 1 (1, 4, 7) at chunk 4; lane 0 ran on
+    assert sorted(finished) == [0, 1, 3, 6]
+    assert pools[3].map(lambda k: k, 4) == [0, 1, 2, 3]  # the lanes still serve
+
+
+def test_several_callers_share_the_lanes(pools):
+    got = {}
+
+    def caller(c):
+        got[c] = [pools[2].map(lambda k: (c, k), 5) for _ in range(20)]
+    callers = [threading.Thread(target=caller, args=(c,)) for c in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=60)
+    assert got == {c: [[(c, k) for k in range(5)]] * 20 for c in range(3)}
+
+
+def test_lanes_are_checked_closed_and_not_inherited(monkeypatch):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="lanes must be an int >= 1"):
+            ChunkThreads(bad)
+    with ChunkThreads(2) as lanes:
+        assert lanes.map(lambda k: k, 3) == [0, 1, 2] and repr(lanes) == "ChunkThreads(2)"
+        workers = list(lanes._workers)
+    assert not any(w.is_alive() for w in workers) and repr(lanes) == "ChunkThreads(2, closed)"
+    with pytest.raises(RuntimeError, match="map after close"):
+        lanes.map(lambda k: k, 3)
+    lanes.close()  # a second close does nothing
+    other = ChunkThreads(2)
+    try:
+        real = chunk_threads.os.getpid()
+        monkeypatch.setattr(chunk_threads.os, "getpid", lambda: real + 1)  # as in a forked child
+        with pytest.raises(RuntimeError, match="forked child"):
+            other.map(lambda k: k, 3)
+    finally:
+        monkeypatch.undo()
+        other.close()
 
 
 # (N, C, O, H, W, K, padding, chunk bytes): 1 to 9 chunks, ragged last chunks, 1x1 outputs.
@@ -135,7 +173,7 @@ def test_fused_block_on_threads_gives_the_serial_bits(pools, small_chunks):
 
 def _small_cnn() -> Model:
     """A convolution without a ReLU and pool after it (the unfused path) beside the fused
-    block, so that both reach the executor."""
+    block, so that both reach the lanes."""
     return Model("threads_cnn", (2, 10, 10), (
         Conv2D("conv1", 2, 4, 3, "same"), ReLU(), MaxPool2D("valid"),  # (4, 5, 5)
         Conv2D("conv2", 4, 3, 3, "valid"),  # (3, 3, 3)
@@ -158,9 +196,9 @@ def test_training_steps_on_threads_give_the_serial_bits(pools, small_chunks, dty
             for s in range(5):
                 rows = slice(s * batch, (s + 1) * batch)
                 loss, grad, logits = model.loss_grad_and_logits(
-                    w, x[rows], y[rows], executor=None if threads is None else pools[threads])
+                    w, x[rows], y[rows], threads=None if threads is None else pools[threads])
                 sgd_step(w, grad, 0.05, out=w)
                 seen += [np.asarray(loss).tobytes(), logits.tobytes()]
             runs[threads] = (w.tobytes(), seen,
-                             model.forward(w, x[:batch], executor=pools[2]).tobytes())
+                             model.forward(w, x[:batch], threads=pools[2]).tobytes())
         assert all(run == runs[None] for run in runs.values()), model.name

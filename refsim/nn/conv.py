@@ -25,22 +25,21 @@ vectorised ``conv2d_forward`` / ``conv2d_backward`` (im2col + GEMM, by batch chu
 against them in ``tests/test_nn_conv.py``. For CuPy arrays im2col, col2im, the bias add and
 the bias gradient are the CUDA kernels of ``refsim.nn.cuda`` and the GEMMs are cuBLAS's.
 
-The vectorised functions take an optional ``executor`` (a ``concurrent.futures.Executor``,
-e.g. a ``ThreadPoolExecutor``) that runs the batch chunks side by side; see
-:func:`map_chunks`. It never changes a bit: the chunks are those of the serial loop, each
-chunk's work is the same calls on the same operands, and the dw terms are summed on the
-calling thread in chunk order.
+The vectorised functions take an optional ``threads`` (a ``refsim.nn.chunk_threads.ChunkThreads``)
+that runs the batch chunks side by side; see :func:`map_chunks`. It never changes a bit: the
+chunks are those of the serial loop, each chunk's work is the same calls on the same
+operands, and the dw terms are summed on the calling thread in chunk order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, wait
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from refsim.backend import get_xp, is_cupy_array
+from refsim.nn.chunk_threads import ChunkThreads
 from refsim.nn.cuda import bias_add_cuda, channel_sum_cuda
 from refsim.nn.im2col import col2im, im2col
 
@@ -185,42 +184,34 @@ def _chunk_size(x, C: int, K: int, Ho: int, Wo: int) -> int:
 
 
 def map_chunks(work: Callable[[int], T], count: int,
-               executor: Executor | None) -> Iterator[T]:
-    """Yield work(0), ..., work(count - 1), in that order.
+               threads: ChunkThreads | None) -> Iterable[T]:
+    """work(0), ..., work(count - 1), in that order.
 
-    ``executor`` None (or one chunk): each chunk runs in the calling thread when its result is
-    asked for. Otherwise every chunk is submitted to ``executor`` and all of them have finished
-    before the first result is yielded; an exception raised by a chunk is raised here, at that
-    chunk's position, with no chunk still running.
+    ``threads`` None: each chunk runs in the calling thread when its result is asked for (a
+    generator, so the serial loop holds one result at a time). Otherwise the list of
+    ``threads.map(work, count)``: chunk k on lane k mod L, every chunk finished before the
+    results come back, the first failing chunk's exception raised.
 
     The chunk loops of this module are written as a ``work(k)`` for chunk k that writes only
-    chunk k's part of the outputs and returns what must be combined in order. The work
-    releases the GIL where its time goes (NumPy's matrix products, the Numba kernels of
-    ``refsim.nn.im2col``), so threads run the chunks at once. Give the threads the cores:
-    OpenBLAS should then run one thread per call (``OPENBLAS_NUM_THREADS=1``); its own threads
-    beside these oversubscribe the cores (docs/benchmarks.md). The bits are those of the
-    serial loop with the same BLAS threads, for any executor (tests/test_nn_step_threads.py).
+    chunk k's part of the outputs and returns what must be combined in order, so the bits
+    are those of the serial loop with the same BLAS threads, for any number of lanes
+    (tests/test_nn_step_threads.py).
 
     >>> list(map_chunks(lambda k: k * k, 4, None))
     [0, 1, 4, 9]
     """
-    if executor is None or count < 2:
-        for k in range(count):
-            yield work(k)
-        return
-    futures = [executor.submit(work, k) for k in range(count)]
-    wait(futures)
-    for future in futures:
-        yield future.result()
+    if threads is None:
+        return (work(k) for k in range(count))
+    return threads.map(work, count)
 
 
-def conv2d_gemm_forward(x, w, padding: str | int = "valid", executor: Executor | None = None):
+def conv2d_gemm_forward(x, w, padding: str | int = "valid", threads: ChunkThreads | None = None):
     """The convolution without its bias, in the GEMM's own layout: z = w_mat @ im2col(x).
 
     x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K).
     Returns z : ndarray, shape (O, N, Ho, Wo), C-contiguous (y[n, o] = z[o, n] + b[o]), and
     the cache for :func:`conv2d_backward_t`. :func:`conv2d_forward` adds the bias;
-    ``refsim.nn.fused`` adds it inside its ReLU and max-pool pass. ``executor`` runs the
+    ``refsim.nn.fused`` adds it inside its ReLU and max-pool pass. ``threads`` runs the
     chunks side by side (:func:`map_chunks`; NumPy arrays only, CuPy arrays run in order).
     """
     xp = get_xp(x)
@@ -246,20 +237,20 @@ def conv2d_gemm_forward(x, w, padding: str | int = "valid", executor: Executor |
             np.matmul(w_mat, cols, out=z_mat[:, n0 * Ho * Wo:n1 * Ho * Wo])
         return cols if keep else None
 
-    kept = tuple(map_chunks(chunk, -(-N // step), None if on_gpu else executor))
+    kept = tuple(map_chunks(chunk, -(-N // step), None if on_gpu else threads))
     return z, ConvCache(x, w, pads, kept if keep else None)
 
 
-def conv2d_forward(x, w, b, padding: str | int = "valid", executor: Executor | None = None):
+def conv2d_forward(x, w, b, padding: str | int = "valid", threads: ChunkThreads | None = None):
     """Convolution as matrix products: y[:, chunk] = w_mat @ im2col(x[chunk]), plus b.
 
     Same contract as :func:`conv2d_forward_naive` (its oracle).
     x : ndarray, shape (N, C, H, W); w : ndarray, shape (O, C, K, K); b : ndarray, shape (O,)
     Returns y : ndarray, shape (N, O, Ho, Wo), and the cache for :func:`conv2d_backward`.
-    ``executor``: see :func:`map_chunks`.
+    ``threads``: see :func:`map_chunks`.
     """
     _check_conv_args(x, w, b)
-    y, cache = conv2d_gemm_forward(x, w, padding, executor)  # (O, N, Ho, Wo)
+    y, cache = conv2d_gemm_forward(x, w, padding, threads)  # (O, N, Ho, Wo)
     if is_cupy_array(y):
         y = bias_add_cuda(y, b, axis=0)  # (O, N, Ho, Wo)
     else:
@@ -268,21 +259,21 @@ def conv2d_forward(x, w, b, padding: str | int = "valid", executor: Executor | N
 
 
 def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True,
-                    executor: Executor | None = None):
+                    threads: ChunkThreads | None = None):
     """Gradients of :func:`conv2d_forward`; oracle :func:`conv2d_backward_naive`.
 
     dw = sum over chunks of dy_mat @ cols^T, dx[chunk] = col2im(w_mat^T @ dy_mat).
     dy : ndarray, shape (N, O, Ho, Wo). Returns dx (N, C, H, W) (None when ``need_dx`` is
     False, e.g. for the first layer of a network), dw (O, C, K, K), db (O,).
-    ``executor``: see :func:`map_chunks`.
+    ``threads``: see :func:`map_chunks`.
     """
     xp = get_xp(dy)
     return conv2d_backward_t(xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)), cache, need_dx,
-                             executor)
+                             threads)
 
 
 def conv2d_backward_t(dy_t, cache: ConvCache, need_dx: bool = True,
-                      executor: Executor | None = None):
+                      threads: ChunkThreads | None = None):
     """:func:`conv2d_backward` for dy_t : ndarray, shape (O, N, Ho, Wo), C-contiguous (dy in
     the GEMM's layout, as ``refsim.nn.fused`` writes it). Same results, bit for bit.
 
@@ -291,7 +282,7 @@ def conv2d_backward_t(dy_t, cache: ConvCache, need_dx: bool = True,
     the MNIST CNN, a 6-example chunk: 0.74 against 0.93 ms; the whole step 2-3% faster) and
     which gave the same bits as dy_mat @ cols^T on every shape tried (docs/nn.md). CuPy arrays
     keep dy_mat @ cols^T (cuBLAS was not measured). The terms are added to dw = 0 in chunk
-    order, also when ``executor`` computes them side by side (:func:`map_chunks`; NumPy arrays
+    order, also when ``threads`` computes them side by side (:func:`map_chunks`; NumPy arrays
     only)."""
     xp = get_xp(dy_t)
     on_gpu = is_cupy_array(dy_t)
@@ -318,7 +309,7 @@ def conv2d_backward_t(dy_t, cache: ConvCache, need_dx: bool = True,
         return dy_mat @ cols.T if on_gpu else (cols @ dy_mat.T).T  # see the note above
 
     dw = xp.zeros((O, C * K * K), dtype=dy_t.dtype)  # (O, C*K*K)
-    for term in map_chunks(chunk, -(-N // step), None if on_gpu else executor):
+    for term in map_chunks(chunk, -(-N // step), None if on_gpu else threads):
         dw += term
     db = channel_sum_cuda(dy_t, axis=0) if on_gpu else dy_t.sum(axis=(1, 2, 3))
     return dx, dw.reshape(w.shape), db

@@ -30,13 +30,13 @@ unfused layers, whose CUDA kernels give the same bits.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from refsim.backend import is_cupy_array
+from refsim.nn.chunk_threads import ChunkThreads
 from refsim.nn.activation import relu_backward, relu_forward
 from refsim.nn.conv import (ConvCache, _check_conv_args, conv2d_backward, conv2d_backward_t,
                             conv2d_forward, conv2d_gemm_forward)
@@ -223,17 +223,17 @@ class BlockCache(NamedTuple):
 
 
 def conv_relu_pool_forward(x, w, b, conv_padding="valid", pool_padding: str = "valid",
-                           executor: Executor | None = None):
+                           threads: ChunkThreads | None = None):
     """maxpool(relu(conv2d(x, w, b))): x (N, C, H, W) -> y (N, O, Ho', Wo'), and the cache.
 
     NumPy arrays: the GEMM of ``conv2d_gemm_forward``, then the fused pass. Other arrays
     (CuPy): ``conv2d_forward``, ``relu_forward``, ``maxpool2d_forward``. Same bits.
-    ``executor`` runs the convolution's batch chunks side by side, with the same bits
+    ``threads`` runs the convolution's batch chunks side by side, with the same bits
     (``refsim.nn.conv.map_chunks``); the fused pass runs in the calling thread.
     """
     _check_conv_args(x, w, b)
     if isinstance(x, np.ndarray) and not is_cupy_array(x):
-        z, conv = conv2d_gemm_forward(x, w, conv_padding, executor)  # (O, N, H', W')
+        z, conv = conv2d_gemm_forward(x, w, conv_padding, threads)  # (O, N, H', W')
         y, rest = bias_relu_maxpool_forward(z, b, pool_padding)
         return y, BlockCache(conv, rest)
     h, conv = conv2d_forward(x, w, b, conv_padding)  # (N, O, H', W')
@@ -243,12 +243,12 @@ def conv_relu_pool_forward(x, w, b, conv_padding="valid", pool_padding: str = "v
 
 
 def conv_relu_pool_backward(dy, cache: BlockCache, need_dx: bool = True,
-                            executor: Executor | None = None):
+                            threads: ChunkThreads | None = None):
     """Gradients of :func:`conv_relu_pool_forward`: dy (N, O, Ho', Wo') -> dx (N, C, H, W)
-    (None unless ``need_dx``), dw (O, C, K, K), db (O,). ``executor`` as in the forward."""
+    (None unless ``need_dx``), dw (O, C, K, K), db (O,). ``threads`` as in the forward."""
     if isinstance(cache.rest, FusedCache):
         dz = bias_relu_maxpool_backward(dy, cache.rest)  # (O, N, H', W')
-        return conv2d_backward_t(dz, cache.conv, need_dx, executor)
+        return conv2d_backward_t(dz, cache.conv, need_dx, threads)
     mask, pool = cache.rest
     d = relu_backward(maxpool2d_backward(dy, pool), mask)  # (N, O, H', W')
-    return conv2d_backward(d, cache.conv, need_dx, executor)
+    return conv2d_backward(d, cache.conv, need_dx, threads)

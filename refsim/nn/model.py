@@ -17,7 +17,6 @@ Images are NCHW. The four models of the paper and tutorials live in ``refsim.nn.
 from __future__ import annotations
 
 import math
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from refsim.backend import get_xp
 from refsim.nn.activation import relu_backward, relu_forward
+from refsim.nn.chunk_threads import ChunkThreads
 from refsim.nn.conv import conv2d_backward, conv2d_forward, conv_output_size
 from refsim.nn.dense import linear_backward, linear_forward
 from refsim.nn.flatten import flatten_backward, flatten_forward
@@ -222,10 +222,10 @@ class Model:
 
     # -- forward and backward -------------------------------------------------------------
 
-    def forward(self, params, x, *, executor: Executor | None = None):
+    def forward(self, params, x, *, threads: ChunkThreads | None = None):
         """Logits (N, K) for inputs x (N, *input_shape) of the same dtype as ``params``.
-        ``executor``: as in :meth:`loss_grad_and_logits`."""
-        logits, _ = self._forward(params, x, executor=executor)
+        ``threads``: as in :meth:`loss_grad_and_logits`."""
+        logits, _ = self._forward(params, x, threads=threads)
         return logits
 
     def loss_and_grad(self, params, x, y):
@@ -237,7 +237,7 @@ class Model:
         return loss, grad
 
     def loss_grad_and_logits(self, params, x, y, *, check_values: bool = True,
-                             executor: Executor | None = None):
+                             threads: ChunkThreads | None = None):
         """``loss_and_grad`` plus the logits (N, K) of the same forward pass, so a training loop
         can count correct predictions without a second forward pass.
 
@@ -246,13 +246,13 @@ class Model:
         each scan waits for the device. The loss is a float64 0-d array for CuPy arrays (see
         ``refsim.nn.loss.softmax_cross_entropy``).
 
-        ``executor`` (e.g. ``concurrent.futures.ThreadPoolExecutor(2)``, made and shut down by
-        the caller) runs the batch chunks of every convolution side by side: the same bits
-        as without it, in less time on several cores when OpenBLAS runs one thread per call
+        ``threads`` (a ``refsim.nn.chunk_threads.ChunkThreads``, made and closed by the
+        caller) runs the batch chunks of every convolution side by side: the same bits as
+        without it, in less time on several cores when OpenBLAS runs one thread per call
         (``OPENBLAS_NUM_THREADS=1``; ``refsim.nn.conv.map_chunks``, docs/nn.md). NumPy arrays
         only; CuPy arrays ignore it.
         """
-        logits, caches = self._forward(params, x, check_values, executor)
+        logits, caches = self._forward(params, x, check_values, threads)
         if check_values:
             check_labels(y, x.shape[0], self.num_classes)
         elif y.shape != (x.shape[0],):
@@ -265,9 +265,9 @@ class Model:
             layer = self.layers[i]
             need_dx = i > 0  # nobody needs the gradient with respect to the data
             if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
-                d, dw, db = conv_relu_pool_backward(d, cache, need_dx, executor)
+                d, dw, db = conv_relu_pool_backward(d, cache, need_dx, threads)
             elif isinstance(layer, Conv2D):
-                d, dw, db = conv2d_backward(d, cache, need_dx, executor)
+                d, dw, db = conv2d_backward(d, cache, need_dx, threads)
             elif isinstance(layer, Dense):
                 d, dw, db = linear_backward(d, cache, need_dx, gview[f"{layer.name}.weight"])
             elif isinstance(layer, MaxPool2D):
@@ -283,7 +283,7 @@ class Model:
         return loss, grad, logits
 
     def _forward(self, params, x, check_values: bool = True,
-                 executor: Executor | None = None):
+                 threads: ChunkThreads | None = None):
         self._check_input(params, x, check_values)
         view = self.views(params)
         caches = []
@@ -293,10 +293,10 @@ class Model:
             if count == 3:  # Conv2D, ReLU, MaxPool2D as one block (refsim.nn.fused)
                 h, cache = conv_relu_pool_forward(h, view[f"{layer.name}.weight"],
                                                   view[f"{layer.name}.bias"], layer.padding,
-                                                  self.layers[i + 2].padding, executor)
+                                                  self.layers[i + 2].padding, threads)
             elif isinstance(layer, Conv2D):
                 h, cache = conv2d_forward(h, view[f"{layer.name}.weight"],
-                                          view[f"{layer.name}.bias"], layer.padding, executor)
+                                          view[f"{layer.name}.bias"], layer.padding, threads)
             elif isinstance(layer, Dense):
                 h, cache = linear_forward(h, view[f"{layer.name}.weight"],
                                           view[f"{layer.name}.bias"])
