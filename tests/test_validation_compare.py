@@ -189,6 +189,9 @@ def test_plain_npz_checkpoint_and_flat_vector(run_dir, tmp_path, capsys):
     np.save(tmp_path / "off.npy", final + np.float32(1e-2))
     c = compare_paths(tmp_path / "off.npy", run_dir / "checkpoint.npz")
     assert not c.agree and c.first_divergence.name == "fc1.weight" and c.rounds == (3,)
+    note = c.float32_divergence()  # float32 weights: the advice to check steps one at a time
+    assert note["from_round"] == 3 and note["last_round"] == 3
+    assert "refsim compare-steps YOURS.npz TRACE --round 3" in note["advice"]
     np.save(tmp_path / "wrong_size.npy", final[:-1])
     with pytest.raises(ValueError, match="199209 parameters match no reference model"):
         compare_paths(tmp_path / "wrong_size.npy", tmp_path / "named.npz")

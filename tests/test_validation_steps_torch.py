@@ -1,12 +1,16 @@
 """``refsim compare-steps`` against real PyTorch 2.13 steps, at the paper's sizes: a plain
 float32 PyTorch ClientUpdate of the CNN and of the 2NN on a client of 600 MNIST digits (B = 10)
-passes every step, while ``refsim compare`` reports its whole float32 trajectory as a float32
-divergence (the expected result: the trajectories part at a near-tie); in float64 both agree;
-and each injected bug fails at the first step where it acts.
+passes every step, while ``refsim compare`` of its whole float32 trajectory either agrees or,
+where the trajectories have parted at a near-tie, reports a float32 divergence and points to
+``compare-steps``; in float64 both agree; and each injected bug fails at the first step where
+it acts.
 
 The PyTorch side (``tests/torch_steps.py``, ``tests/torch_models.py``) reads only the trace and
-the MNIST arrays. The seeds are ones whose float32 trajectories part within the client's steps
-(docs/validation.md has the onset over 10 seeds).
+the MNIST arrays. Whether and where a seed's float32 trajectories part depends on the BLAS
+kernel (docs/validation.md, section 5, has the onset over 10 seeds): the CNN's seed 0 parted at
+step 17 with one kernel, while with OpenBLAS's Haswell kernels on a Zen 5 CPU its 60 steps end
+within ``refsim compare``'s float32 tolerance; so the whole-trajectory verdict is checked for
+either outcome.
 """
 
 import numpy as np
@@ -29,8 +33,8 @@ pytestmark = pytest.mark.torch
 
 MNIST = load_mnist()
 # model -> (refsim model, PyTorch module, trace seed, local epochs, the client's 600 digits):
-# the seed's float32 trajectories part within the E * 60 steps (the CNN's at step 17, the
-# 2NN's, which part far later, at step 338 of 600).
+# E * 60 steps each (the 2NN's float32 trajectories part far later than the CNN's: seed 3's at
+# step 338 of 600 with one kernel).
 CASES = {"cnn_mnist": (cnn_mnist, TorchCNNMnist, 0, 1, np.arange(600)),
          "mlp_2nn": (mlp_2nn, TorchMLP2NN, 3, 10,
                      np.sort(np.random.default_rng([3, 7]).choice(60000, 600, replace=False)))}
@@ -82,15 +86,15 @@ def test_a_plain_pytorch_client_passes_every_step(case, tmp_path, dtype):
     report = check_client_steps(steps, client, MNIST.x_train, MNIST.y_train)
     assert report.agree, report.first_divergence.note
     assert len(report.checks) == client.num_steps == 60 * CASES[name][3]
-    # The whole trajectory: in float64 refsim compare agrees; in float32 it diverges, and says
-    # that this is what a float32 divergence looks like.
+    # The whole trajectory: in float64 refsim compare agrees; in float32 it agrees or, where
+    # the trajectories parted, says that this is what a float32 divergence looks like.
     np.save(tmp_path / "final.npy", weights[client.num_steps])
     result = compare_paths(tmp_path / "final.npy", trace)
-    if dtype == np.float64:
+    note = result.float32_divergence()
+    if dtype == np.float64 or result.agree:
         assert result.agree, result.first_divergence
+        assert note is None
     else:
-        assert not result.agree
-        note = result.float32_divergence()
         assert note is not None and note["from_round"] == 1
         assert "compare-steps" in note["advice"]
 
